@@ -1,4 +1,4 @@
-"""The `abray` command line: `abray train` (one run) and `abray demo` (the README's main job)."""
+"""The `abray` command line: train, sweep, results, demo (the README's main job) and serve (the REST API)."""
 
 from __future__ import annotations
 
@@ -96,6 +96,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The job service: FastAPI on uvicorn. Flags become ABRAY_* settings (see api/settings.py)."""
+    import os
+
+    import uvicorn
+
+    flags = {"storage": args.storage, "database_url": args.database, "max_running_jobs": args.max_running_jobs,
+             "reads_need_token": "1" if args.reads_need_token else None}
+    for name, value in flags.items():
+        if value is not None:
+            os.environ[f"ABRAY_{name.upper()}"] = str(value)
+    from api.settings import from_env
+
+    from_env()  # refuse bad settings before uvicorn starts
+    uvicorn.run("api.main:create_app", factory=True, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="abray", description="Asynchronous training with stale gradients.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -121,6 +139,17 @@ def main(argv=None) -> int:
     demo.add_argument("--epochs", type=int, default=None, help="default: abray train's")
     demo.add_argument("--storage", default="runs/sweeps")
     demo.set_defaults(func=cmd_demo)
+
+    serve = sub.add_parser("serve", help="the job service: a REST API (FastAPI) over sweeps on Ray")
+    serve.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--storage", help="jobs' folders and the default SQLite file (default runs/service)")
+    serve.add_argument("--database", help="SQLAlchemy URL, e.g. postgresql://user@host/db (default: SQLite "
+                                          "in storage)")
+    serve.add_argument("--max-running-jobs", type=int, help="jobs run at once; the rest wait (default 1)")
+    serve.add_argument("--reads-need-token", action="store_true", help="require the token for reads too")
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(func=cmd_serve)
 
     args = parser.parse_args(argv)
     try:

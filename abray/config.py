@@ -28,7 +28,21 @@ DATASET_MODELS = {
 
 
 class ConfigError(ValueError):
-    """A configuration that cannot run; the message names every bad field."""
+    """A configuration that cannot run; the message names every bad field.
+
+    `errors` gives the same as data, for the REST API's 422 bodies: one {"loc": [...], "msg": ...} per
+    line of the message that names a field ("  grid.delay: needs at least one value").
+    """
+
+    @property
+    def errors(self) -> list[dict]:
+        lines = str(self).splitlines()
+        found = []
+        for line in lines[1:]:
+            field, sep, msg = line.strip().partition(": ")
+            if sep:
+                found.append({"loc": field.split("."), "msg": msg})
+        return found or [{"loc": [], "msg": str(self)}]
 
 
 class TrainConfig(BaseModel):

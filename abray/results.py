@@ -6,6 +6,7 @@ with `epochs_frame`, so the columns are the same everywhere.
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -38,6 +39,14 @@ def epochs_frame(config: dict, history: Iterable, **ids) -> pd.DataFrame:
     return frame.astype({"diverged_step": "Int64"})
 
 
+def metrics_from_report(report: dict) -> dict:
+    """One epoch's metrics (EpochMetrics' fields) from a trial's `tune.report` dict (see sweep.trainable)."""
+    metrics = {k: report.get(k) for k in ("epoch", "steps", "train_loss", "test_loss", "test_accuracy", "wall_time",
+                                          "diverged", "staleness_mean", "staleness_max", "staleness_hist")}
+    step = report.get("diverged_step", -1)
+    return metrics | {"lr": report.get("lr_now"), "diverged_step": None if step in (-1, None) else step}
+
+
 def write_frame(frame: pd.DataFrame, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,6 +55,22 @@ def write_frame(frame: pd.DataFrame, path: str | Path) -> Path:
     else:
         frame.to_csv(path, index=False)
     return path
+
+
+FORMATS = {"json": "application/json", "csv": "text/csv", "parquet": "application/vnd.apache.parquet"}
+
+
+def frame_bytes(frame: pd.DataFrame, fmt: str) -> bytes:
+    """The frame as a download: JSON records, CSV or Parquet (what pandas.read_json/csv/parquet read back)."""
+    if fmt == "parquet":
+        buffer = io.BytesIO()
+        frame.to_parquet(buffer, index=False)
+        return buffer.getvalue()
+    if fmt == "csv":
+        return frame.to_csv(index=False).encode()
+    if fmt == "json":
+        return frame.to_json(orient="records").encode()
+    raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
 
 
 def load_tune_experiment(path: str | Path) -> pd.DataFrame:
@@ -62,13 +87,7 @@ def load_tune_experiment(path: str | Path) -> pd.DataFrame:
         results = [json.loads(line) for line in lines if line.strip()]
         if not results:
             continue
-        history = []
-        for r in results:
-            history.append({k: r.get(k) for k in ("epoch", "steps", "train_loss", "test_loss", "test_accuracy",
-                                                  "wall_time", "diverged", "staleness_mean", "staleness_max",
-                                                  "staleness_hist")}
-                           | {"lr": r.get("lr_now"),
-                              "diverged_step": None if r.get("diverged_step", -1) in (-1, None) else r["diverged_step"]})
+        history = [metrics_from_report(r) for r in results]
         frames.append(epochs_frame(config, history, job_id=path.name, trial_id=results[-1]["trial_id"]))
     columns = ["job_id", "trial_id"] + CONFIG_COLUMNS + METRIC_COLUMNS
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)

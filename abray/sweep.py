@@ -25,7 +25,7 @@ import itertools
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Literal, Optional, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -171,9 +171,11 @@ class ProgressCallback:
             self.last = line
 
 
-def run_sweep(spec: SweepSpec, resume: bool = False, write: Callable[[str], None] = print):
+def run_sweep(spec: SweepSpec, resume: bool = False, write: Callable[[str], None] = print,
+              callbacks: Sequence = (), stop=None):
     """Run (or resume) the sweep with `ray.tune.Tuner`; return the experiment directory (a Path, or the URI
-    when `storage` is remote)."""
+    when `storage` is remote). `callbacks` (Tune callbacks) and `stop` (a Tune stopper) let the job service
+    record trials as they report and cancel the sweep."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -210,7 +212,7 @@ def run_sweep(spec: SweepSpec, resume: bool = False, write: Callable[[str], None
             tune_config=tune.TuneConfig(num_samples=opts.num_samples, scheduler=scheduler,
                                         max_concurrent_trials=opts.max_concurrent, reuse_actors=True),
             run_config=tune.RunConfig(name=opts.name, storage_path=storage, verbose=0,
-                                      callbacks=[progress.callback],
+                                      callbacks=[progress.callback, *callbacks], stop=stop,
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
     start = time.perf_counter()

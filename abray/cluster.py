@@ -1,0 +1,65 @@
+"""Which Ray cluster the job service runs on: the one at RAY_ADDRESS, or a local head that outlives the API.
+
+`ray.init()` inside the API would tie the embedded cluster to the API process, and a restart would kill
+every running job. So the service starts the local head as its own process (`ray start --head`), records
+its address in the storage folder, and reuses it after a restart while it still answers.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+
+def answers(address: str, timeout: float = 1.0) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def local_head(storage: Path, num_cpus: Optional[int] = None, write=print) -> str:
+    """The address of this service's local Ray head, started now if it is not running."""
+    record = storage / "ray_address"
+    if record.exists() and answers(record.read_text().strip()):
+        return record.read_text().strip()
+    storage.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    cmd = [ray_cli, "start", "--head", f"--port={port}", "--include-dashboard=false", "--disable-usage-stats"]
+    if num_cpus is not None:
+        cmd.append(f"--num-cpus={num_cpus}")
+    write(f"starting a local Ray head on port {port} (stays up across API restarts; `ray stop` ends it)")
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"`{' '.join(cmd)}` failed:\n{done.stderr[-2000:]}")
+    address = f"{_node_ip()}:{port}"
+    record.write_text(address)
+    return address
+
+
+def _node_ip() -> str:
+    from ray.util import get_node_ip_address
+
+    return get_node_ip_address()
+
+
+def job_cluster(storage: Path, write=print) -> str:
+    """RAY_ADDRESS when set; otherwise the local head (token authentication on, as `ray start` sets it)."""
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        return address
+    os.environ.setdefault("RAY_AUTH_MODE", "token")  # what `ray start --head` enables; drivers inherit it
+    return local_head(storage, write=write)

@@ -1,0 +1,218 @@
+"""The job store: jobs, their trials and every trial's per-epoch metrics, in one SQL database.
+
+SQLAlchemy 2; an SQLite file by default, PostgreSQL by URL (postgresql+psycopg://...). The API writes
+jobs, the job driver (abray.jobs) writes trials and metrics while the sweep runs, and both read through
+`results_frame`, which returns the project's one tidy schema (abray.results).
+
+The schema carries a version (table abray_meta). A database made by another version is refused at
+start with both numbers, rather than read wrongly.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Optional
+
+import pandas as pd
+from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, create_engine, event,
+                        select, update)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from .results import CONFIG_COLUMNS, METRIC_COLUMNS
+
+SCHEMA_VERSION = 1
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+FINISHED = ("succeeded", "failed", "cancelled")
+TRIAL_STATUSES = ("pending", "running", "succeeded", "failed", "cancelled")
+
+
+class SchemaError(RuntimeError):
+    """The database holds another schema version than this abray's."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def aware(moment: Optional[datetime]) -> Optional[datetime]:
+    """Times are stored in UTC; SQLite hands them back without their zone."""
+    return moment.replace(tzinfo=timezone.utc) if moment is not None and moment.tzinfo is None else moment
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Meta(Base):
+    __tablename__ = "abray_meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16), index=True, default="queued")
+    spec: Mapped[dict] = mapped_column(JSON)
+    total_trials: Mapped[int] = mapped_column(Integer)
+    idempotency_key: Mapped[Optional[str]] = mapped_column(String(255), unique=True)
+    storage: Mapped[str] = mapped_column(Text)  # the job's own folder: Tune's experiment and the driver's log
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    started_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    cancel_requested_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    driver_pid: Mapped[Optional[int]] = mapped_column(Integer)
+    driver_host: Mapped[Optional[str]] = mapped_column(String(255))
+    error: Mapped[Optional[str]] = mapped_column(Text)
+
+
+class Trial(Base):
+    __tablename__ = "trials"
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    trial_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    config: Mapped[dict] = mapped_column(JSON)
+    epochs_reported: Mapped[int] = mapped_column(Integer, default=0)
+    test_accuracy: Mapped[Optional[float]] = mapped_column(Float)
+    diverged: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[Optional[str]] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Metric(Base):
+    """One reported epoch of one trial; the columns are results.METRIC_COLUMNS."""
+    __tablename__ = "metrics"
+    job_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    trial_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    steps: Mapped[int] = mapped_column(Integer)
+    train_loss: Mapped[Optional[float]] = mapped_column(Float)
+    test_loss: Mapped[Optional[float]] = mapped_column(Float)
+    test_accuracy: Mapped[Optional[float]] = mapped_column(Float)
+    wall_time: Mapped[Optional[float]] = mapped_column(Float)
+    lr_now: Mapped[Optional[float]] = mapped_column(Float)
+    diverged: Mapped[bool] = mapped_column(Boolean)
+    diverged_step: Mapped[Optional[int]] = mapped_column(Integer)
+    staleness_mean: Mapped[Optional[float]] = mapped_column(Float)
+    staleness_max: Mapped[Optional[int]] = mapped_column(Integer)
+    staleness_hist: Mapped[Optional[str]] = mapped_column(Text)
+
+
+def normalize_url(url: str) -> str:
+    """Accept plain postgresql:// URLs and use the psycopg 3 driver for them."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def connect(url: str, create: bool = True) -> Engine:
+    """An engine on `url` whose schema is this version's: created when the database is empty."""
+    url = normalize_url(url)
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(conn, _record):
+            # WAL: readers never block the job drivers' writes; foreign keys are off by default in SQLite
+            cursor = conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+    else:
+        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    if create:
+        check_schema(engine)
+    return engine
+
+
+def check_schema(engine: Engine) -> None:
+    from sqlalchemy import inspect
+
+    tables = set(inspect(engine).get_table_names())
+    if "abray_meta" not in tables:
+        if tables & {"jobs", "trials", "metrics"}:
+            raise SchemaError(f"database {engine.url.render_as_string(hide_password=True)} has abray tables but no "
+                              f"schema version; this abray needs version {SCHEMA_VERSION}")
+        Base.metadata.create_all(engine)
+        with Session(engine) as session, session.begin():
+            session.merge(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+        return
+    with Session(engine) as session:
+        found = session.get(Meta, "schema_version")
+    if found is None or found.value != str(SCHEMA_VERSION):
+        raise SchemaError(f"database {engine.url.render_as_string(hide_password=True)} has schema version "
+                          f"{found.value if found else 'none'}; this abray needs version {SCHEMA_VERSION}. "
+                          "Use a new database (or the abray version that made it).")
+
+
+def session_factory(engine: Engine) -> sessionmaker:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def get_meta(session: Session, key: str) -> Optional[str]:
+    found = session.get(Meta, key)
+    return found.value if found else None
+
+
+def set_meta(session: Session, key: str, value: str) -> None:
+    session.merge(Meta(key=key, value=value))
+
+
+# ---- writes by the job driver, while the sweep runs ------------------------------------------------------
+
+def record_trial(session: Session, job_id: int, trial_id: str, config: dict, status: str,
+                 error: Optional[str] = None) -> None:
+    trial = session.get(Trial, (job_id, trial_id))
+    if trial is None:
+        trial = Trial(job_id=job_id, trial_id=trial_id, config=config, status=status)
+        session.add(trial)
+    trial.status, trial.updated_at = status, utcnow()
+    if error is not None:
+        trial.error = error
+
+
+def record_epoch(session: Session, job_id: int, trial_id: str, metrics: dict) -> None:
+    """One epoch's metrics (results.metrics_from_report) of a trial that record_trial has seen."""
+    row = {c: metrics.get(c) for c in METRIC_COLUMNS if c != "lr_now"} | {"lr_now": metrics.get("lr")}
+    hist = row.get("staleness_hist")
+    if hist is not None and not isinstance(hist, str):
+        row["staleness_hist"] = json.dumps({str(k): v for k, v in hist.items()})
+    session.merge(Metric(job_id=job_id, trial_id=trial_id, **row))
+    session.execute(update(Trial).where(Trial.job_id == job_id, Trial.trial_id == trial_id).values(
+        epochs_reported=Trial.epochs_reported + 1, test_accuracy=row["test_accuracy"],
+        diverged=bool(row["diverged"]), updated_at=utcnow()))
+
+
+# ---- reads ------------------------------------------------------------------------------------------------
+
+def progress(session: Session, job: Job) -> dict:
+    """Trials done (finished, diverged included), running, failed, diverged and cancelled, out of the total."""
+    rows = session.execute(select(Trial.status, Trial.diverged).where(Trial.job_id == job.id)).all()
+    done = sum(1 for s, _ in rows if s == "succeeded")
+    running = sum(1 for s, _ in rows if s == "running")
+    failed = sum(1 for s, _ in rows if s == "failed")
+    cancelled = sum(1 for s, _ in rows if s == "cancelled")
+    diverged = sum(1 for s, d in rows if d and s == "succeeded")
+    return {"total": job.total_trials, "done": done, "running": running, "failed": failed, "diverged": diverged,
+            "cancelled": cancelled, "pending": max(0, job.total_trials - done - running - failed - cancelled)}
+
+
+def results_frame(session: Session, job_id: int) -> pd.DataFrame:
+    """The job's tidy frame (results.CONFIG_COLUMNS then METRIC_COLUMNS), one row per trial and epoch."""
+    metric_cols = [getattr(Metric, c) for c in METRIC_COLUMNS]
+    rows = session.execute(select(Metric.trial_id, *metric_cols).where(Metric.job_id == job_id)
+                           .order_by(Metric.trial_id, Metric.epoch)).all()
+    metrics = pd.DataFrame(rows, columns=["trial_id"] + METRIC_COLUMNS)
+    configs = session.execute(select(Trial.trial_id, Trial.config).where(Trial.job_id == job_id)).all()
+    config_frame = pd.DataFrame([{"trial_id": t, **{c: cfg.get(c) for c in CONFIG_COLUMNS}} for t, cfg in configs],
+                                columns=["trial_id"] + CONFIG_COLUMNS)
+    frame = metrics.merge(config_frame, on="trial_id", how="left")
+    frame.insert(0, "job_id", job_id)
+    frame = frame[["job_id", "trial_id"] + CONFIG_COLUMNS + METRIC_COLUMNS]
+    return frame.astype({"diverged_step": "Int64", "diverged": bool, "epoch": int, "steps": int})

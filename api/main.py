@@ -1,0 +1,44 @@
+"""The FastAPI app: `create_app()` wires the settings, the store, the token and the scheduler.
+
+Run it with `abray serve` (uvicorn, 127.0.0.1:8000 unless told otherwise); OpenAPI docs are at /docs.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import Optional
+
+from fastapi import FastAPI
+
+from abray import store
+
+from . import auth
+from .routers import dashboard, health, jobs
+from .scheduler import Scheduler
+from .settings import Settings, from_env
+
+
+def create_app(settings: Optional[Settings] = None) -> FastAPI:
+    settings = settings or from_env()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        settings.storage.mkdir(parents=True, exist_ok=True)
+        engine = store.connect(settings.database)
+        app.state.sessions = store.session_factory(engine)
+        with app.state.sessions.begin() as session:
+            app.state.token_digest = auth.token_digest(session, settings.token)
+        app.state.scheduler = Scheduler(settings, app.state.sessions)
+        app.state.scheduler.start()
+        yield
+        app.state.scheduler.stop()  # job drivers run on in their own sessions; a restart picks them up
+        engine.dispose()
+
+    app = FastAPI(title="abray", version="0.1.0", lifespan=lifespan,
+                  description="Submit Ray Tune sweeps over delay and optimizer, follow them, and read their results "
+                              "in the tidy schema. Writes need `Authorization: Bearer <token>`.")
+    app.state.settings = settings
+    app.include_router(jobs.router)
+    app.include_router(health.router)
+    app.include_router(dashboard.router)
+    return app

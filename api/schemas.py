@@ -1,0 +1,74 @@
+"""The API's request and response shapes (pydantic), apart from the ORM models in abray.store."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, Field
+
+from abray.store import JOB_STATUSES, TRIAL_STATUSES
+
+JobStatus = Literal[JOB_STATUSES]
+
+
+class Progress(BaseModel):
+    total: int = Field(description="trials the sweep will run")
+    done: int = Field(description="trials finished, diverged ones included")
+    running: int
+    failed: int = Field(description="trials that crashed")
+    diverged: int = Field(description="finished trials whose loss diverged")
+    cancelled: int
+    pending: int
+
+
+class JobOut(BaseModel):
+    id: int
+    name: str
+    status: JobStatus
+    progress: Progress
+    created_at: datetime
+    started_at: Optional[datetime]
+    finished_at: Optional[datetime]
+    cancel_requested_at: Optional[datetime]
+    error: Optional[str]
+    spec: dict[str, Any]
+
+
+class JobList(BaseModel):
+    items: list[JobOut]
+    total: int = Field(description="jobs matching the filter, over all pages")
+    limit: int
+    offset: int
+
+
+class TrialOut(BaseModel):
+    trial_id: str
+    status: Literal[TRIAL_STATUSES]
+    config: dict[str, Any]
+    epochs_reported: int
+    test_accuracy: Optional[float]
+    diverged: bool
+    error: Optional[str]
+
+
+class SummaryRow(BaseModel):
+    optimizer: str
+    delay: int
+    mean: Optional[float] = Field(description="final test accuracy, mean over seeds")
+    std: Optional[float]
+    count: int
+    diverged: int
+
+
+class Summary(BaseModel):
+    job_id: int
+    status: JobStatus
+    rows: list[SummaryRow]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    database: dict[str, Any]
+    ray: dict[str, Any]
+    jobs: dict[str, int]
