@@ -1,5 +1,6 @@
 # Two commands: `make demo` and `make test`. Both create .venv/ and install the project (with its test
-# extras, which are small) when .venv/ is missing or pyproject.toml changed.
+# extras, which are small) when .venv/ is missing or pyproject.toml changed. `make test` also installs the
+# Debian packages the tests use (PostgreSQL, Chromium) when they are missing: scripts/test-deps.sh.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -16,6 +17,7 @@ demo: $(STAMP)
 	$(PY) -m abray.cli demo
 
 test: $(STAMP)
+	scripts/test-deps.sh
 	$(PY) -m pytest
 
 bench: $(STAMP)

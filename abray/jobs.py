@@ -126,6 +126,7 @@ def run_job(job_id: int, database_url: str) -> int:
     finally:
         stop.set()
     with sessions.begin() as session:
+        store.close_trials(session, job_id, "cancelled" if status == "cancelled" else "failed")
         session.execute(update(store.Job).where(store.Job.id == job_id, store.Job.status == "running")
                         .values(status=status, error=error, finished_at=store.utcnow()))
     print(f"job {job_id} ({name}): {status}" + (f": {error}" if error else ""), flush=True)

@@ -189,6 +189,12 @@ def record_epoch(session: Session, job_id: int, trial_id: str, metrics: dict) ->
         diverged=bool(row["diverged"]), updated_at=utcnow()))
 
 
+def close_trials(session: Session, job_id: int, status: str) -> None:
+    """Give trials still marked running when the sweep ended (Tune stops them without a callback) `status`."""
+    session.execute(update(Trial).where(Trial.job_id == job_id, Trial.status == "running")
+                    .values(status=status, updated_at=utcnow()))
+
+
 # ---- reads ------------------------------------------------------------------------------------------------
 
 def progress(session: Session, job: Job) -> dict:

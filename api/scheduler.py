@@ -92,8 +92,11 @@ class Scheduler:
                     if alive:
                         drivers.kill_driver(job.driver_pid)
                 with self.sessions.begin() as session:
-                    session.execute(update(store.Job).where(store.Job.id == job.id, store.Job.status == "running")
-                                    .values(status=status, error=error, finished_at=now))
+                    ended = session.execute(update(store.Job).where(store.Job.id == job.id,
+                                                                    store.Job.status == "running")
+                                            .values(status=status, error=error, finished_at=now)).rowcount
+                    if ended:
+                        store.close_trials(session, job.id, "cancelled" if status == "cancelled" else "failed")
 
     def _start_queued(self) -> None:
         while True:
