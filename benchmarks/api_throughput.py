@@ -1,0 +1,150 @@
+"""The job service under load, against a live `abray serve` (uvicorn, one process) on loopback.
+
+1. Submission throughput: 50 concurrent clients (threads, one HTTP connection each) each POST
+   `--per-client` sweep specs; reported: jobs accepted per second, and the check that every one landed once.
+   The service runs with max_running_jobs = 0, so this measures the API and the database, not training.
+2. Result-query latency: p50 and p99 of GET /jobs/{id}/results for a job with 10,000 metric rows
+   (100 trials x 100 epochs, written through the store as a job driver writes them), in JSON, CSV and
+   Parquet, `--queries` sequential requests each, interleaved.
+
+The client and the server share this machine's cores, so throughput is a floor for the server alone.
+
+    python benchmarks/api_throughput.py [--database postgresql://...] [--per-client 4] [--queries 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+TOKEN = "benchmark-token-0123456789"
+SPEC = {"name": "load", "epochs": 2, "grid": {"optimizer": ["sgdm", "ab"], "delay": [0, 8, 32], "seed": [0, 1]}}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(storage: Path, database: str | None, ray_address: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = dict(os.environ, ABRAY_TOKEN=TOKEN, ABRAY_STORAGE=str(storage), ABRAY_MAX_RUNNING_JOBS="0",
+               RAY_ADDRESS=ray_address)
+    if database:
+        env["ABRAY_DATABASE_URL"] = database
+    proc = subprocess.Popen([sys.executable, "-m", "abray.cli", "serve", "--port", str(port), "--log-level",
+                             "warning"], env=env)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError("the service did not start")
+
+
+def submissions(url: str, clients: int, per_client: int) -> None:
+    def client_run(i: int) -> list[int]:
+        ids = []
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60) as client:
+            for j in range(per_client):
+                r = client.post("/jobs", json=dict(SPEC, name=f"load-{i}-{j}"),
+                                headers={"Idempotency-Key": f"load-{i}-{j}"})
+                r.raise_for_status()
+                ids.append(r.json()["id"])
+        return ids
+
+    with ThreadPoolExecutor(clients) as pool:
+        start = time.perf_counter()
+        ids = [i for chunk in pool.map(client_run, range(clients)) for i in chunk]
+        elapsed = time.perf_counter() - start
+    listed = httpx.get(f"{url}/jobs", params={"limit": 1}).json()["total"]
+    print(f"submission: {len(ids)} jobs from {clients} concurrent clients in {elapsed:.2f} s = "
+          f"{len(ids) / elapsed:.0f} jobs/s; distinct ids {len(set(ids))}, jobs listed {listed}")
+
+
+def fill_job(database: str, job_id: int, trials: int = 100, epochs: int = 100) -> None:
+    """10,000 metric rows for one job, written with the store's own functions (as a driver would)."""
+    from abray import store
+    from abray.config import TrainConfig
+
+    sessions = store.session_factory(store.connect(database))
+    rng = random.Random(0)
+    with sessions.begin() as session:
+        for t in range(trials):
+            config = TrainConfig(optimizer=["sgdm", "ab"][t % 2], delay=[0, 4, 8, 16, 32][t // 2 % 5],
+                                 seed=t // 10).model_dump()
+            trial_id = f"bench_{t:05d}"
+            store.record_trial(session, job_id, trial_id, config, "succeeded")
+            session.flush()
+            for e in range(1, epochs + 1):
+                store.record_epoch(session, job_id, trial_id, {
+                    "epoch": e, "steps": 44 * e, "train_loss": rng.random(), "test_loss": rng.random(),
+                    "test_accuracy": rng.random(), "wall_time": 0.5 * e, "lr": 0.03, "diverged": False,
+                    "diverged_step": None, "staleness_mean": 4.0, "staleness_max": 9,
+                    "staleness_hist": {str(k): rng.randrange(100) for k in range(10)}})
+
+
+def latencies(url: str, job_id: int, queries: int) -> None:
+    timings: dict[str, list[float]] = {"json": [], "csv": [], "parquet": []}
+    sizes = {}
+    with httpx.Client(base_url=url, timeout=60) as client:
+        for fmt in timings:  # warm-up
+            sizes[fmt] = len(client.get(f"/jobs/{job_id}/results", params={"format": fmt}).content)
+        for _ in range(queries):
+            for fmt in timings:
+                start = time.perf_counter()
+                r = client.get(f"/jobs/{job_id}/results", params={"format": fmt})
+                r.raise_for_status()
+                timings[fmt].append(time.perf_counter() - start)
+    rows = len(httpx.get(f"{url}/jobs/{job_id}/results").json())
+    print(f"results of a job with {rows} metric rows, {queries} queries each:")
+    for fmt, t in timings.items():
+        ms = np.array(t) * 1000
+        print(f"  {fmt:8s} p50 {np.percentile(ms, 50):6.1f} ms   p99 {np.percentile(ms, 99):6.1f} ms   "
+              f"({sizes[fmt] / 1e6:.2f} MB)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database", help="SQLAlchemy URL (default: an SQLite file in a temporary folder)")
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--per-client", type=int, default=4)
+    parser.add_argument("--queries", type=int, default=200)
+    args = parser.parse_args()
+
+    import ray
+
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)  # /health wants a cluster
+    with tempfile.TemporaryDirectory() as tmp:
+        storage = Path(tmp)
+        database = args.database or f"sqlite:///{storage / 'abray.db'}"
+        proc, url = start_server(storage, database, ray.get_runtime_context().gcs_address)
+        try:
+            submissions(url, args.clients, args.per_client)
+            job = httpx.post(f"{url}/jobs", json=dict(SPEC, name="big"),
+                             headers={"Authorization": f"Bearer {TOKEN}"}).json()
+            fill_job(database, job["id"])
+            latencies(url, job["id"], args.queries)
+        finally:
+            proc.terminate()
+            proc.wait()
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
