@@ -97,7 +97,7 @@ class ParameterServer:
 class Worker:
     """Computes gradients: (step, weight version, batch indices) in, (metadata, flat gradient) out."""
 
-    def __init__(self, config_values: dict, data: DataSplit, index: int, slowdown: float):
+    def __init__(self, config_values: dict, data: DataSplit, index: int, slowdown: float, run_id: str = ""):
         from ray.util import metrics
 
         config = TrainConfig(**config_values)
@@ -109,9 +109,9 @@ class Worker:
         self.train = data.train
         self.index, self.slowdown = index, slowdown
         self.started, self.busy = time.perf_counter(), 0.0
-        self.tags = {"worker": str(index)}
+        self.tags = {"run": run_id, "worker": str(index)}
         self.m_busy = metrics.Gauge("abray_worker_busy_fraction", "fraction of time spent computing gradients",
-                                    tag_keys=("worker",))
+                                    tag_keys=("run", "worker"))
 
     def ready(self) -> int:
         return self.index
@@ -190,7 +190,7 @@ def train_distributed(
     slowdown = config.slowdown or [1.0] * config.workers
     workers = [Worker.options(name=f"abray-worker-{run_id}-{i}", num_cpus=config.cpus_per_worker,
                               num_gpus=config.gpus_per_worker, max_restarts=-1, max_task_retries=0)
-               .remote(values, data_ref, i, slowdown[i])
+               .remote(values, data_ref, i, slowdown[i], run_id)
                for i in range(config.workers)]
     driver = _Driver(server, workers, run_id, on_step, on_epoch, on_update, on_ready)
     try:
