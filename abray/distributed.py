@@ -162,9 +162,10 @@ def check_resources(config: TrainConfig) -> None:
 
 
 def ensure_ray() -> None:
-    """Join the cluster at RAY_ADDRESS, or start the embedded local one."""
+    """Join the cluster at RAY_ADDRESS, or start the embedded local one. "local", not None: with None Ray
+    would join any `ray start` head on this machine (the job service's, say) instead of starting its own."""
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False,
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
                  log_to_driver=False, configure_logging=False)
 
 

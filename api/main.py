@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from abray import store
 
 from . import auth
+from .cache import ResultCache
 from .routers import dashboard, health, jobs
 from .scheduler import Scheduler
 from .settings import Settings, from_env
@@ -38,6 +39,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
                   description="Submit Ray Tune sweeps over delay and optimizer, follow them, and read their results "
                               "in the tidy schema. Writes need `Authorization: Bearer <token>`.")
     app.state.settings = settings
+    app.state.result_cache = ResultCache()
     app.include_router(jobs.router)
     app.include_router(health.router)
     app.include_router(dashboard.router)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal, Optional
 
-from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Response, status
+from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Request, Response, status
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -147,12 +147,18 @@ def trials(job: store.Job = Depends(get_job), session: Session = Depends(get_ses
 @router.get("/{job_id}/results", dependencies=[Depends(require_read)],
             responses={200: {"content": {media: {} for media in FORMATS.values()},
                              "description": "the tidy results: a row per trial and epoch, so far"}})
-def results(format: Literal[tuple(FORMATS)] = "json", job: store.Job = Depends(get_job),
+def results(request: Request, format: Literal[tuple(FORMATS)] = "json", job: store.Job = Depends(get_job),
             session: Session = Depends(get_session)) -> Response:
     """The tidy schema (job_id, trial_id, config columns, metric columns): `pandas.read_csv(url)` and
     `pandas.read_parquet(url)` read it directly; JSON is a list of records (`pandas.read_json(url)`)."""
-    frame = store.results_frame(session, job.id)
-    return Response(frame_bytes(frame, format), media_type=FORMATS[format],
+    cache = request.app.state.result_cache
+    key = (job.id, format)
+    body = cache.get(key) if job.status in store.FINISHED else None
+    if body is None:
+        body = frame_bytes(store.results_frame(session, job.id), format)
+        if job.status in store.FINISHED:
+            cache.put(key, body)
+    return Response(body, media_type=FORMATS[format],
                     headers={"Content-Disposition": f'attachment; filename="job-{job.id}.{format}"'})
 
 
