@@ -79,7 +79,7 @@ class Scheduler:
             if requested is not None and alive and now - requested > timedelta(seconds=self.settings.cancel_grace_s):
                 drivers.kill_driver(job.driver_pid)  # its trials are its actors: Ray ends them with it
                 alive = False
-            if alive is False or (alive is None and silent) or (alive and silent):
+            if alive is False or silent:
                 if requested is not None:
                     status, error = "cancelled", None
                 elif alive is False:

@@ -240,3 +240,14 @@ def test_a_database_of_another_schema_version_is_refused(tmp_path):
         db.execute("UPDATE abray_meta SET value = '0' WHERE key = 'schema_version'")
     with pytest.raises(store.SchemaError, match="has schema version 0; this abray needs version 1"):
         store.connect(url)
+
+
+def test_serve_refuses_bad_settings_before_starting(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "abray.cli", "serve", "--max-running-jobs", "-1", "--storage",
+                           str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "ABRAY_MAX_RUNNING_JOBS: Input should be greater than or equal to 0" in done.stderr
+    assert not (tmp_path / "abray.db").exists()
