@@ -1,0 +1,148 @@
+"""Screenshot of the results dashboard with a real finished sweep: writes docs/dashboard.png.
+
+    .venv/bin/python dashboards/screenshot.py [--epochs N] [--out docs/dashboard.png]
+
+It starts its own local Ray instance (`ray.init(address="local")`, never a `ray start` head, so it stops only
+what it started), runs `abray serve` on it with a temporary storage folder, submits the demo sweep (`make demo`'s:
+digits; SGDM and AB; delays 0, 4, 16, 32; seeds 0 and 1; abray train's defaults), waits for it, and photographs /dashboard#job=N in
+headless Chromium (Debian's /usr/bin/chromium, or --chromium). About 80 s on two cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"abray serve exited:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"abray serve did not become healthy:\n{log.read_text()[-3000:]}")
+
+
+def wait_finished(url: str, job_id: int, timeout: float) -> dict:
+    deadline, last = time.time() + timeout, None
+    while time.time() < deadline:
+        job = httpx.get(f"{url}/jobs/{job_id}", timeout=30).json()
+        p = job["progress"]
+        line = f"job {job_id}: {job['status']}, {p['done']}/{p['total']} trials done, {p['running']} running"
+        if line != last:
+            print(line, flush=True)
+            last = line
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(2)
+    raise SystemExit(f"job {job_id} did not finish within {timeout:.0f} s")
+
+
+def screenshot(url: str, job_id: int, out: Path, width: int, height: int, chromium: str) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": width, "height": height}, device_scale_factor=1)
+        errors = []
+        page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"{url}/dashboard#job={job_id}")
+        page.wait_for_selector(f'#job-detail[data-job-id="{job_id}"][data-status="succeeded"]', state="attached",
+                               timeout=30_000)
+        page.wait_for_timeout(1000)  # let Plotly finish laying out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(out), full_page=True)
+        browser.close()
+    if errors:
+        raise SystemExit(f"the page logged errors: {errors}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "dashboard.png")
+    parser.add_argument("--epochs", type=int, default=None, help="default: abray train's (60)")
+    parser.add_argument("--width", type=int, default=1400)
+    parser.add_argument("--height", type=int, default=1000)
+    parser.add_argument("--chromium", default=os.environ.get("ABRAY_CHROMIUM", "/usr/bin/chromium"))
+    parser.add_argument("--keep", action="store_true", help="keep the service's storage folder (printed)")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for the sweep")
+    args = parser.parse_args(argv)
+    if not os.access(args.chromium, os.X_OK):
+        raise SystemExit(f"no Chromium at {args.chromium} (Debian: apt-get install chromium; or --chromium PATH)")
+
+    import ray
+
+    storage = Path(tempfile.mkdtemp(prefix="abray-dashboard-"))
+    # our own instance, stopped by ray.shutdown() below: never `ray stop`, which would end every Ray on the machine
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    proc = None
+    try:
+        port, token = free_port(), secrets.token_urlsafe(24)
+        url, log = f"http://127.0.0.1:{port}", storage / "server.log"
+        env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address, ABRAY_STORAGE=str(storage),
+                   ABRAY_TOKEN=token, ABRAY_POLL_S="0.5")
+        env.pop("ABRAY_READS_NEED_TOKEN", None)
+        with open(log, "ab") as log_file:
+            proc = subprocess.Popen([sys.executable, "-m", "abray.cli", "serve", "--port", str(port),
+                                     "--log-level", "warning"], env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                    cwd=REPO)
+        wait_healthy(url, proc, log)
+        from abray.sweep import DEFAULT_SPEC
+
+        spec = dict(DEFAULT_SPEC, **({"epochs": args.epochs} if args.epochs else {}))
+        response = httpx.post(f"{url}/jobs", json=spec, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        response.raise_for_status()
+        job_id = response.json()["id"]
+        started = time.time()
+        job = wait_finished(url, job_id, args.timeout)
+        print(f"job {job_id} {job['status']} in {time.time() - started:.0f} s")
+        if job["status"] != "succeeded":
+            raise SystemExit(f"the sweep did not succeed: {job['error']}")
+        screenshot(url, job_id, args.out, args.width, args.height, args.chromium)
+        print(f"wrote {args.out}")
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        ray.shutdown()
+        if args.keep:
+            print(f"storage kept in {storage}")
+        else:
+            import shutil
+
+            shutil.rmtree(storage, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
