@@ -38,7 +38,9 @@ def local_head(storage: Path, num_cpus: Optional[int] = None, write=print) -> st
     storage.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     ray_cli = str(Path(sys.executable).with_name("ray"))
-    cmd = [ray_cli, "start", "--head", f"--port={port}", "--include-dashboard=false", "--disable-usage-stats"]
+    # with Ray's dashboard (on 127.0.0.1): it writes the Prometheus and Grafana files that the live-metrics
+    # dashboard (dashboards/grafana) needs
+    cmd = [ray_cli, "start", "--head", f"--port={port}", "--dashboard-host=127.0.0.1", "--disable-usage-stats"]
     if num_cpus is not None:
         cmd.append(f"--num-cpus={num_cpus}")
     write(f"starting a local Ray head on port {port} (stays up across API restarts; `ray stop` ends it)")
