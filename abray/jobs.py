@@ -1,6 +1,7 @@
 """The job driver: one OS process per submitted job, running the job's sweep on Ray Tune.
 
-    python -m abray.jobs JOB_ID        (ABRAY_DATABASE_URL and RAY_ADDRESS come from the environment)
+    python -m abray.jobs JOB_ID        (ABRAY_DATABASE_URL, RAY_ADDRESS and ABRAY_FIXED_CLUSTER come from
+                                        the environment)
 
 The API's scheduler starts it in its own session (api/drivers.py), so it outlives an API restart. While Tune runs it
 writes every trial's status and every reported epoch to the store (so progress and results can be read
@@ -110,7 +111,8 @@ def run_job(job_id: int, database_url: str) -> int:
         from .sweep import run_sweep
 
         spec = parse_spec({**spec_values, "name": f"job-{job_id}", "storage": storage})
-        run_sweep(spec, write=lambda line: print(line, flush=True), callbacks=[JobRecorder()], stop=CancelStopper())
+        run_sweep(spec, write=lambda line: print(line, flush=True), callbacks=[JobRecorder()], stop=CancelStopper(),
+                  fixed_cluster=os.environ.get("ABRAY_FIXED_CLUSTER") == "1")
         with sessions() as session:
             progress = store.progress(session, session.get(store.Job, job_id))
         if cancelled.is_set():

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Sequence
@@ -114,6 +115,25 @@ def trial_resources(config: TrainConfig):
     return PlacementGroupFactory(bundles)
 
 
+def check_fits(trials: list[dict]) -> None:
+    """Refuse trials bigger than the whole cluster, when the cluster cannot grow: Tune would wait for ever.
+    (On an autoscaling cluster they wait for nodes instead, so callers only check fixed clusters.)"""
+    import ray
+
+    total = ray.cluster_resources()
+    for values in trials:
+        config = TrainConfig.model_validate(values)
+        need = trial_resources(config).required_resources
+        for kind in ("CPU", "GPU"):
+            if need.get(kind, 0) > total.get(kind, 0):
+                parts = "1 for the trial" + (f" + {config.workers} workers x "
+                                             f"{config.cpus_per_worker if kind == 'CPU' else config.gpus_per_worker:g}"
+                                             if config.mode != "simulated" else "")
+                raise ConfigError(f"a {config.mode} trial needs {need[kind]:g} {kind}s ({parts}), but the Ray cluster "
+                                  f"has {total.get(kind, 0):g} and cannot grow; lower workers or "
+                                  f"{kind.lower()}s_per_worker")
+
+
 def trainable(trial_config: dict, data=None) -> None:
     """One Tune trial: a training run that reports every epoch with `ray.tune.report` (Tune APIs only).
     `data`, when given, comes from the object store (put there once for the whole sweep)."""
@@ -172,16 +192,19 @@ class ProgressCallback:
 
 
 def run_sweep(spec: SweepSpec, resume: bool = False, write: Callable[[str], None] = print,
-              callbacks: Sequence = (), stop=None):
+              callbacks: Sequence = (), stop=None, fixed_cluster: Optional[bool] = None):
     """Run (or resume) the sweep with `ray.tune.Tuner`; return the experiment directory (a Path, or the URI
     when `storage` is remote). `callbacks` (Tune callbacks) and `stop` (a Tune stopper) let the job service
-    record trials as they report and cancel the sweep."""
+    record trials as they report and cancel the sweep. `fixed_cluster` (default: true for the embedded local
+    cluster, false at RAY_ADDRESS) refuses trials that could never be placed."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
     from .distributed import ensure_ray
 
     ensure_ray()
+    if fixed_cluster if fixed_cluster is not None else not os.environ.get("RAY_ADDRESS"):
+        check_fits(spec.trials)
     opts = spec.options
     remote = "://" in opts.storage  # s3://, gs://: Tune writes there through pyarrow
     storage = opts.storage.rstrip("/") if remote else str(Path(opts.storage).resolve())

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Optional
 
 
-def launch(job_id: int, database_url: str, ray_address: str, log_path: Path) -> subprocess.Popen:
-    """Start the driver for `job_id` in a new session (an API restart does not signal it)."""
+def launch(job_id: int, database_url: str, ray_address: str, fixed_cluster: bool, log_path: Path) -> subprocess.Popen:
+    """Start the driver for `job_id` in a new session (an API restart does not signal it). `fixed_cluster`:
+    the service's own local head, which cannot grow, so the driver refuses trials bigger than it."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, ABRAY_DATABASE_URL=database_url, RAY_ADDRESS=ray_address, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, ABRAY_DATABASE_URL=database_url, RAY_ADDRESS=ray_address, PYTHONUNBUFFERED="1",
+               ABRAY_FIXED_CLUSTER="1" if fixed_cluster else "0")
     with open(log_path, "ab") as log:
         return subprocess.Popen([sys.executable, "-m", "abray.jobs", str(job_id)], env=env, stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)

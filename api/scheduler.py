@@ -8,6 +8,7 @@ One thread in the API process, waking every `poll_s`. Jobs are claimed with a co
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import traceback
@@ -37,6 +38,7 @@ class Scheduler:
         self.settings, self.sessions = settings, sessions
         self.children: dict[int, object] = {}  # pid -> Popen, to reap the drivers this process started
         self.ray_address: Optional[str] = None
+        self.fixed_cluster = False
         self.ray_error: Optional[str] = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="abray-scheduler", daemon=True)
@@ -52,6 +54,7 @@ class Scheduler:
         while not self._stop.is_set():
             try:
                 if self.ray_address is None:
+                    self.fixed_cluster = not os.environ.get("RAY_ADDRESS")  # our local head cannot grow
                     self.ray_address = job_cluster(self.settings.storage)
                     self.ray_error = None
                 self.tick()
@@ -118,7 +121,8 @@ class Scheduler:
                 storage = Path(job.storage)
             if not claimed:
                 continue  # another API process took it, or it was cancelled meanwhile
-            child = drivers.launch(job_id, self.settings.database, self.ray_address, storage / "driver.log")
+            child = drivers.launch(job_id, self.settings.database, self.ray_address, self.fixed_cluster,
+                                   storage / "driver.log")
             self.children[child.pid] = child
             with self.sessions.begin() as session:
                 session.execute(update(store.Job).where(store.Job.id == job_id)

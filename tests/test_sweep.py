@@ -89,3 +89,16 @@ def test_random_search_with_asha_runs(tmp_path):
     status = trial_status(path)
     assert len(status) == 4 and not status.failed.any()
     assert set(frame.lr) <= {0.01, 0.03, 0.1} and frame.epoch.max() <= 4
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_a_trial_bigger_than_a_fixed_cluster_is_refused_before_tune_starts(tmp_path):
+    import ray
+
+    cpus = ray.cluster_resources()["CPU"]
+    spec = parse_spec({"name": "big", "storage": str(tmp_path), "mode": "free", "workers": int(cpus),
+                       "grid": {"delay": [0]}})
+    with pytest.raises(ConfigError, match=rf"a free trial needs {cpus + 1:g} CPUs \(1 for the trial \+ "
+                                          rf"{cpus:g} workers x 1\), but the Ray cluster has {cpus:g}"):
+        run_sweep(spec, fixed_cluster=True)
+    assert not (tmp_path / "big").exists()
