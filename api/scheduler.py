@@ -19,7 +19,7 @@ from typing import Optional
 from sqlalchemy import func, select, update
 
 from abray import store
-from abray.cluster import job_cluster
+from abray.cluster import answers, job_cluster
 
 from . import drivers
 from .settings import Settings
@@ -53,6 +53,8 @@ class Scheduler:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
+                if self.ray_address and self.fixed_cluster and not answers(self.ray_address):
+                    self.ray_address = None  # our local head is gone (`ray stop`, say): start another
                 if self.ray_address is None:
                     self.fixed_cluster = not os.environ.get("RAY_ADDRESS")  # our local head cannot grow
                     self.ray_address = job_cluster(self.settings.storage)
