@@ -7,7 +7,9 @@ its address in the storage folder, and reuses it after a restart while it still 
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -32,9 +34,11 @@ def _free_port() -> int:
 
 def local_head(storage: Path, num_cpus: Optional[int] = None, write=print) -> str:
     """The address of this service's local Ray head, started now if it is not running."""
-    record = storage / "ray_address"
-    if record.exists() and answers(record.read_text().strip()):
-        return record.read_text().strip()
+    record = storage / "ray_head.json"
+    if record.exists():
+        known = json.loads(record.read_text())
+        if answers(known["address"]):
+            return known["address"]
     storage.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     ray_cli = str(Path(sys.executable).with_name("ray"))
@@ -43,13 +47,40 @@ def local_head(storage: Path, num_cpus: Optional[int] = None, write=print) -> st
     cmd = [ray_cli, "start", "--head", f"--port={port}", "--dashboard-host=127.0.0.1", "--disable-usage-stats"]
     if num_cpus is not None:
         cmd.append(f"--num-cpus={num_cpus}")
-    write(f"starting a local Ray head on port {port} (stays up across API restarts; `ray stop` ends it)")
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    write(f"starting a local Ray head on port {port} (it stays up across API restarts; `ray stop` ends it)")
+    # its own session: the head's processes share one process group, so stop_local_head ends this head only
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, start_new_session=True)
     if done.returncode != 0:
         raise RuntimeError(f"`{' '.join(cmd)}` failed:\n{done.stderr[-2000:]}")
     address = f"{_node_ip()}:{port}"
-    record.write_text(address)
+    head = _process_group_of(port)
+    record.write_text(json.dumps({"address": address, "process_group": head}))
     return address
+
+
+def _process_group_of(port: int) -> Optional[int]:
+    import psutil
+
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        if proc.info["name"] == "gcs_server" and f"--gcs_server_port={port}" in (proc.info["cmdline"] or []):
+            return os.getpgid(proc.pid)
+    return None
+
+
+def stop_local_head(storage: Path) -> bool:
+    """End the local head that `local_head` started for this storage (and nothing else); True if there was one."""
+    record = storage / "ray_head.json"
+    if not record.exists():
+        return False
+    group = json.loads(record.read_text()).get("process_group")
+    record.unlink()
+    if group is None:
+        return False
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _node_ip() -> str:

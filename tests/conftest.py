@@ -52,8 +52,11 @@ class ApiServer:
         import httpx
 
         self.storage.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, RAY_ADDRESS=self.ray_address, ABRAY_STORAGE=str(self.storage),
+        env = dict(os.environ, ABRAY_STORAGE=str(self.storage),
                    **{f"ABRAY_{k.upper()}": str(v) for k, v in self.settings.items()})
+        env.pop("RAY_ADDRESS", None)
+        if self.ray_address:  # otherwise the service starts its own local head
+            env["RAY_ADDRESS"] = self.ray_address
         env.pop("ABRAY_TOKEN", None)
         if self.token:
             env["ABRAY_TOKEN"] = self.token

@@ -251,3 +251,28 @@ def test_serve_refuses_bad_settings_before_starting(tmp_path):
     assert done.returncode != 0
     assert "ABRAY_MAX_RUNNING_JOBS: Input should be greater than or equal to 0" in done.stderr
     assert not (tmp_path / "abray.db").exists()
+
+
+def test_without_ray_address_jobs_run_on_the_services_own_head_which_outlives_a_restart(tmp_path):
+    import json as json_
+
+    from abray.cluster import answers, stop_local_head
+
+    server = ApiServer(tmp_path, ray_address=None).start()
+    try:
+        address = json_.loads((tmp_path / "ray_head.json").read_text())["address"]
+        assert httpx.get(f"{server.url}/health").json()["ray"] == {"address": address, "ok": True}
+        with server.client() as client:
+            job = submit(client, dict(TINY, grid={"optimizer": ["ab"]}))
+        assert server.wait_for(job["id"], lambda j: j["status"] not in ("queued", "running"))["status"] == "succeeded"
+        server.stop()
+        server.start()
+        assert httpx.get(f"{server.url}/health").json()["ray"]["address"] == address  # the same head, reused
+        assert server.log.read_text().count("starting a local Ray head") == 1
+    finally:
+        server.stop()
+        assert stop_local_head(tmp_path)  # only this head: the session's cluster goes on
+    deadline = time.time() + 20
+    while answers(address) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not answers(address)
