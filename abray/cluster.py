@@ -26,7 +26,7 @@ def answers(address: str, timeout: float = 1.0) -> bool:
         return False
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -40,7 +40,7 @@ def local_head(storage: Path, num_cpus: Optional[int] = None, write=print) -> st
         if answers(known["address"]):
             return known["address"]
     storage.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     ray_cli = str(Path(sys.executable).with_name("ray"))
     # with Ray's dashboard (on 127.0.0.1): it writes the Prometheus and Grafana files that the live-metrics
     # dashboard (dashboards/grafana) needs

@@ -10,7 +10,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .results import final_epochs, summarize  # noqa: E402
+from .results import summarize  # noqa: E402
 
 
 def _save(fig, out: Path) -> list[Path]:

@@ -16,11 +16,7 @@ The client and the server share this machine's cores, so throughput is a floor f
 from __future__ import annotations
 
 import argparse
-import os
 import random
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,34 +25,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from api.local import LocalService
+
 TOKEN = "benchmark-token-0123456789"
 SPEC = {"name": "load", "epochs": 2, "grid": {"optimizer": ["sgdm", "ab"], "delay": [0, 8, 32], "seed": [0, 1]}}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(storage: Path, database: str | None, ray_address: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = dict(os.environ, ABRAY_TOKEN=TOKEN, ABRAY_STORAGE=str(storage), ABRAY_MAX_RUNNING_JOBS="0",
-               ABRAY_HEARTBEAT_TIMEOUT_S="86400",
-               RAY_ADDRESS=ray_address)
-    if database:
-        env["ABRAY_DATABASE_URL"] = database
-    proc = subprocess.Popen([sys.executable, "-m", "abray.cli", "serve", "--port", str(port), "--log-level",
-                             "warning"], env=env)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError("the service did not start")
 
 
 def submissions(url: str, clients: int, per_client: int) -> None:
@@ -147,18 +119,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         storage = Path(tmp)
         database = args.database or f"sqlite:///{storage / 'abray.db'}"
-        proc, url = start_server(storage, database, ray.get_runtime_context().gcs_address)
+        service = LocalService(storage, ray_address=ray.get_runtime_context().gcs_address, database=database,
+                               token=TOKEN, max_running_jobs=0, heartbeat_timeout_s=86400).start()
+        url = service.url
         try:
             submissions(url, args.clients, args.per_client)
-            job = httpx.post(f"{url}/jobs", json=dict(SPEC, name="big"),
-                             headers={"Authorization": f"Bearer {TOKEN}"}).json()
+            job = httpx.post(f"{url}/jobs", json=dict(SPEC, name="big"), headers=service.auth).json()
             fill_job(database, job["id"])
             latencies(url, job["id"], args.queries, "running")
             finish(database, job["id"])
             latencies(url, job["id"], args.queries, "finished")
         finally:
-            proc.terminate()
-            proc.wait()
+            service.stop()
     ray.shutdown()
 
 

@@ -13,9 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,44 +20,24 @@ from pathlib import Path
 
 import httpx
 
+from api.local import LocalService
+from dashboards import CHROMIUM, CHROMIUM_ARGS
+
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def wait_finished(service: LocalService, job_id: int, timeout: float) -> dict:
+    shown = set()
 
-
-def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"abray serve exited:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"abray serve did not become healthy:\n{log.read_text()[-3000:]}")
-
-
-def wait_finished(url: str, job_id: int, timeout: float) -> dict:
-    deadline, last = time.time() + timeout, None
-    while time.time() < deadline:
-        job = httpx.get(f"{url}/jobs/{job_id}", timeout=30).json()
+    def finished(job: dict) -> bool:
         p = job["progress"]
         line = f"job {job_id}: {job['status']}, {p['done']}/{p['total']} trials done, {p['running']} running"
-        if line != last:
+        if line not in shown:
             print(line, flush=True)
-            last = line
-        if job["status"] in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(2)
-    raise SystemExit(f"job {job_id} did not finish within {timeout:.0f} s")
+            shown.add(line)
+        return job["status"] in ("succeeded", "failed", "cancelled")
+
+    return service.wait_for(job_id, finished, timeout=timeout, every=2)
 
 
 def screenshot(url: str, job_id: int, out: Path, width: int, height: int, chromium: str) -> None:
@@ -89,7 +66,7 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="default: abray train's (60)")
     parser.add_argument("--width", type=int, default=1400)
     parser.add_argument("--height", type=int, default=1000)
-    parser.add_argument("--chromium", default=os.environ.get("ABRAY_CHROMIUM", "/usr/bin/chromium"))
+    parser.add_argument("--chromium", default=CHROMIUM)
     parser.add_argument("--keep", action="store_true", help="keep the service's storage folder (printed)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for the sweep")
     args = parser.parse_args(argv)
@@ -102,38 +79,25 @@ def main(argv=None) -> int:
     # our own instance, stopped by ray.shutdown() below: never `ray stop`, which would end every Ray on the machine
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
              configure_logging=False)
-    proc = None
+    service = LocalService(storage, ray_address=ray.get_runtime_context().gcs_address,
+                           token=secrets.token_urlsafe(24), poll_s=0.5, reads_need_token=False)
     try:
-        port, token = free_port(), secrets.token_urlsafe(24)
-        url, log = f"http://127.0.0.1:{port}", storage / "server.log"
-        env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address, ABRAY_STORAGE=str(storage),
-                   ABRAY_TOKEN=token, ABRAY_POLL_S="0.5")
-        env.pop("ABRAY_READS_NEED_TOKEN", None)
-        with open(log, "ab") as log_file:
-            proc = subprocess.Popen([sys.executable, "-m", "abray.cli", "serve", "--port", str(port),
-                                     "--log-level", "warning"], env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                                    cwd=REPO)
-        wait_healthy(url, proc, log)
+        service.start()
         from abray.sweep import DEFAULT_SPEC
 
         spec = dict(DEFAULT_SPEC, **({"epochs": args.epochs} if args.epochs else {}))
-        response = httpx.post(f"{url}/jobs", json=spec, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        response = httpx.post(f"{service.url}/jobs", json=spec, headers=service.auth, timeout=30)
         response.raise_for_status()
         job_id = response.json()["id"]
         started = time.time()
-        job = wait_finished(url, job_id, args.timeout)
+        job = wait_finished(service, job_id, args.timeout)
         print(f"job {job_id} {job['status']} in {time.time() - started:.0f} s")
         if job["status"] != "succeeded":
             raise SystemExit(f"the sweep did not succeed: {job['error']}")
-        screenshot(url, job_id, args.out, args.width, args.height, args.chromium)
+        screenshot(service.url, job_id, args.out, args.width, args.height, args.chromium)
         print(f"wrote {args.out}")
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        service.stop()
         ray.shutdown()
         if args.keep:
             print(f"storage kept in {storage}")

@@ -1,6 +1,5 @@
 """The job service against a real uvicorn server, a real SQLite file and the session's Ray cluster."""
 
-import json
 import signal
 import sqlite3
 import time

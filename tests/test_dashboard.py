@@ -18,10 +18,8 @@ import httpx
 import pytest
 
 from conftest import ApiServer
+from dashboards import CHROMIUM, CHROMIUM_ARGS
 
-CHROMIUM = os.environ.get("ABRAY_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 GRID_JOB = {"name": "dash-grid", "epochs": 2, "batch_size": 64,
             "grid": {"optimizer": ["sgdm", "ab"], "delay": [0, 4], "seed": [0, 1]}}

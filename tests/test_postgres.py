@@ -12,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import ApiServer, free_port
+from abray.cluster import free_port
+from conftest import ApiServer
 from test_api import TINY
 
 
