@@ -16,7 +16,7 @@ from typing import Optional
 
 import pandas as pd
 from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, create_engine, event,
-                        select, update)
+                        func, select, update)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -197,16 +197,25 @@ def close_trials(session: Session, job_id: int, status: str) -> None:
 
 # ---- reads ------------------------------------------------------------------------------------------------
 
+def epochs_reported(session: Session, job_id: int) -> int:
+    """Epochs recorded for the job, over all trials: every record_epoch adds one, so it versions the results."""
+    return session.scalar(select(func.coalesce(func.sum(Trial.epochs_reported), 0))
+                          .where(Trial.job_id == job_id))
+
+
 def progress(session: Session, job: Job) -> dict:
-    """Trials done (finished, diverged included), running, failed, diverged and cancelled, out of the total."""
-    rows = session.execute(select(Trial.status, Trial.diverged).where(Trial.job_id == job.id)).all()
-    done = sum(1 for s, _ in rows if s == "succeeded")
-    running = sum(1 for s, _ in rows if s == "running")
-    failed = sum(1 for s, _ in rows if s == "failed")
-    cancelled = sum(1 for s, _ in rows if s == "cancelled")
-    diverged = sum(1 for s, d in rows if d and s == "succeeded")
+    """Trials done (finished, diverged included), running, failed, diverged and cancelled, out of the total;
+    and the epochs reported so far (the rows of the job's results)."""
+    rows = session.execute(select(Trial.status, Trial.diverged, Trial.epochs_reported)
+                           .where(Trial.job_id == job.id)).all()
+    done = sum(1 for s, _, _ in rows if s == "succeeded")
+    running = sum(1 for s, _, _ in rows if s == "running")
+    failed = sum(1 for s, _, _ in rows if s == "failed")
+    cancelled = sum(1 for s, _, _ in rows if s == "cancelled")
+    diverged = sum(1 for s, d, _ in rows if d and s == "succeeded")
     return {"total": job.total_trials, "done": done, "running": running, "failed": failed, "diverged": diverged,
-            "cancelled": cancelled, "pending": max(0, job.total_trials - done - running - failed - cancelled)}
+            "cancelled": cancelled, "pending": max(0, job.total_trials - done - running - failed - cancelled),
+            "epochs": sum(e for _, _, e in rows)}
 
 
 def _fetch_raw(session: Session, query) -> list[tuple]:

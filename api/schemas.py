@@ -20,6 +20,8 @@ class Progress(BaseModel):
     diverged: int = Field(description="finished trials whose loss diverged")
     cancelled: int
     pending: int
+    epochs: int = Field(description="epochs reported so far over all trials: the rows of /results; it changes "
+                                    "exactly when the results do")
 
 
 class JobOut(BaseModel):

@@ -33,8 +33,8 @@ def test_full_job_from_submission_to_results(api_server):
         assert job["status"] == "queued" and job["progress"]["total"] == 4 and job["progress"]["pending"] == 4
         done = api_server.wait_for(job["id"], lambda j: j["status"] not in ("queued", "running"))
         assert done["status"] == "succeeded", done
-        assert done["progress"] | {} == {"total": 4, "done": 4, "running": 0, "failed": 0, "diverged": 0,
-                                         "cancelled": 0, "pending": 0}
+        assert done["progress"] == {"total": 4, "done": 4, "running": 0, "failed": 0, "diverged": 0,
+                                    "cancelled": 0, "pending": 0, "epochs": 8}
         assert done["started_at"] <= done["finished_at"] and done["error"] is None
 
         trials = client.get(f"/jobs/{job['id']}/trials").json()

@@ -151,20 +151,17 @@ def results(request: Request, format: Literal[tuple(FORMATS)] = "json", job: sto
             session: Session = Depends(get_session)) -> Response:
     """The tidy schema (job_id, trial_id, config columns, metric columns): `pandas.read_csv(url)` and
     `pandas.read_parquet(url)` read it directly; JSON is a list of records (`pandas.read_json(url)`)."""
-    cache = request.app.state.result_cache
-    key = (job.id, format)
-    body = cache.get(key) if job.status in store.FINISHED else None
-    if body is None:
-        body = frame_bytes(store.results_frame(session, job.id), format)
-        if job.status in store.FINISHED:
-            cache.put(key, body)
+    version = store.epochs_reported(session, job.id)
+    body = request.app.state.result_cache.get(
+        (job.id, format), version, lambda: frame_bytes(store.results_frame(session, job.id), format))
     return Response(body, media_type=FORMATS[format],
                     headers={"Content-Disposition": f'attachment; filename="job-{job.id}.{format}"'})
 
 
 @router.get("/{job_id}/summary", response_model=Summary, dependencies=[Depends(require_read)])
-def summary(job: store.Job = Depends(get_job), session: Session = Depends(get_session)) -> Summary:
+def summary(request: Request, job: store.Job = Depends(get_job), session: Session = Depends(get_session)) -> Summary:
     """Final test accuracy by optimizer and delay (mean and std over seeds), with trial and divergence counts."""
-    table = summarize(store.results_frame(session, job.id))
-    rows = json.loads(table.to_json(orient="records"))
-    return Summary(job_id=job.id, status=job.status, rows=rows)
+    rows = request.app.state.result_cache.get(
+        (job.id, "summary"), store.epochs_reported(session, job.id),
+        lambda: summarize(store.results_frame(session, job.id)).to_json(orient="records").encode())
+    return Summary(job_id=job.id, status=job.status, rows=json.loads(rows))

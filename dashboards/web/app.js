@@ -177,8 +177,13 @@
     const gen = ++state.jobGen;
     let delay = null;
     try {
-      const [job, summary, results] = await Promise.all([
-        api(`/jobs/${id}`), api(`/jobs/${id}/summary`), api(`/jobs/${id}/results?format=json`)]);
+      const job = await api(`/jobs/${id}`);
+      if (gen !== state.jobGen) return;
+      // results change exactly when progress.epochs does: fetch them (and the summary) only then
+      const known = state.job && state.job.id === job.id && state.results !== null &&
+        state.job.progress.epochs === job.progress.epochs;
+      const [summary, results] = known ? [state.summary, state.results] : await Promise.all([
+        api(`/jobs/${id}/summary`), api(`/jobs/${id}/results?format=json`)]);
       if (gen !== state.jobGen) return;
       clearError();
       Object.assign(state, { job, summary, results });
