@@ -22,7 +22,7 @@ from sqlalchemy import update
 
 from . import store
 from .results import metrics_from_report
-from .sweep import parse_spec
+from .sweep import parse_spec, run_sweep
 
 HEARTBEAT_S = 2.0
 
@@ -108,8 +108,6 @@ def run_job(job_id: int, database_url: str) -> int:
     beat.start()
     status, error = "succeeded", None
     try:
-        from .sweep import run_sweep
-
         spec = parse_spec({**spec_values, "name": f"job-{job_id}", "storage": storage})
         run_sweep(spec, write=lambda line: print(line, flush=True), callbacks=[JobRecorder()], stop=CancelStopper(),
                   fixed_cluster=os.environ.get("ABRAY_FIXED_CLUSTER") == "1")
