@@ -25,15 +25,20 @@ METRIC_COLUMNS = [
 ]
 
 
+def metric_row(m) -> dict:
+    """One epoch's metrics (EpochMetrics or its dict) as the schema's METRIC_COLUMNS: `lr` becomes `lr_now` and
+    the staleness histogram a JSON string. The tidy frames and the job store both write rows through this."""
+    metrics = asdict(m) if not isinstance(m, dict) else dict(m)
+    metrics["lr_now"] = metrics.pop("lr")
+    hist = metrics.get("staleness_hist", {})
+    if hist is not None and not isinstance(hist, str):
+        metrics["staleness_hist"] = json.dumps({str(k): v for k, v in hist.items()})
+    return {c: metrics.get(c) for c in METRIC_COLUMNS}
+
+
 def epochs_frame(config: dict, history: Iterable, **ids) -> pd.DataFrame:
     """A tidy frame from a run's config and its per-epoch metrics (EpochMetrics or dicts)."""
-    rows = []
-    for m in history:
-        metrics = asdict(m) if not isinstance(m, dict) else dict(m)
-        metrics["lr_now"] = metrics.pop("lr")
-        hist = metrics.get("staleness_hist", {})
-        metrics["staleness_hist"] = hist if isinstance(hist, str) else json.dumps({str(k): v for k, v in hist.items()})
-        rows.append({**ids, **{c: config.get(c) for c in CONFIG_COLUMNS}, **metrics})
+    rows = [{**ids, **{c: config.get(c) for c in CONFIG_COLUMNS}, **metric_row(m)} for m in history]
     columns = list(ids) + CONFIG_COLUMNS + METRIC_COLUMNS
     frame = pd.DataFrame(rows, columns=columns)
     return frame.astype({"diverged_step": "Int64"})

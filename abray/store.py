@@ -10,7 +10,6 @@ start with both numbers, rather than read wrongly.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from typing import Optional
 
@@ -20,7 +19,7 @@ from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, Str
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from .results import CONFIG_COLUMNS, METRIC_COLUMNS
+from .results import CONFIG_COLUMNS, METRIC_COLUMNS, metric_row
 
 SCHEMA_VERSION = 1
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -179,10 +178,7 @@ def record_trial(session: Session, job_id: int, trial_id: str, config: dict, sta
 
 def record_epoch(session: Session, job_id: int, trial_id: str, metrics: dict) -> None:
     """One epoch's metrics (results.metrics_from_report) of a trial that record_trial has seen."""
-    row = {c: metrics.get(c) for c in METRIC_COLUMNS if c != "lr_now"} | {"lr_now": metrics.get("lr")}
-    hist = row.get("staleness_hist")
-    if hist is not None and not isinstance(hist, str):
-        row["staleness_hist"] = json.dumps({str(k): v for k, v in hist.items()})
+    row = metric_row(metrics)
     session.merge(Metric(job_id=job_id, trial_id=trial_id, **row))
     session.execute(update(Trial).where(Trial.job_id == job_id, Trial.trial_id == trial_id).values(
         epochs_reported=Trial.epochs_reported + 1, test_accuracy=row["test_accuracy"],
@@ -206,16 +202,29 @@ def epochs_reported(session: Session, job_id: int) -> int:
 def progress(session: Session, job: Job) -> dict:
     """Trials done (finished, diverged included), running, failed, diverged and cancelled, out of the total;
     and the epochs reported so far (the rows of the job's results)."""
-    rows = session.execute(select(Trial.status, Trial.diverged, Trial.epochs_reported)
-                           .where(Trial.job_id == job.id)).all()
-    done = sum(1 for s, _, _ in rows if s == "succeeded")
-    running = sum(1 for s, _, _ in rows if s == "running")
-    failed = sum(1 for s, _, _ in rows if s == "failed")
-    cancelled = sum(1 for s, _, _ in rows if s == "cancelled")
-    diverged = sum(1 for s, d, _ in rows if d and s == "succeeded")
-    return {"total": job.total_trials, "done": done, "running": running, "failed": failed, "diverged": diverged,
-            "cancelled": cancelled, "pending": max(0, job.total_trials - done - running - failed - cancelled),
-            "epochs": sum(e for _, _, e in rows)}
+    return progress_of(session, [job])[job.id]
+
+
+def progress_of(session: Session, jobs: list[Job]) -> dict[int, dict]:
+    """`progress` for many jobs (a page of the job list) in one query."""
+    trials: dict[int, list] = {job.id: [] for job in jobs}
+    if jobs:
+        for job_id, *row in session.execute(select(Trial.job_id, Trial.status, Trial.diverged, Trial.epochs_reported)
+                                            .where(Trial.job_id.in_(list(trials)))):
+            trials[job_id].append(row)
+    found = {}
+    for job in jobs:
+        rows = trials[job.id]
+        done = sum(1 for s, _, _ in rows if s == "succeeded")
+        running = sum(1 for s, _, _ in rows if s == "running")
+        failed = sum(1 for s, _, _ in rows if s == "failed")
+        cancelled = sum(1 for s, _, _ in rows if s == "cancelled")
+        diverged = sum(1 for s, d, _ in rows if d and s == "succeeded")
+        found[job.id] = {"total": job.total_trials, "done": done, "running": running, "failed": failed,
+                         "diverged": diverged, "cancelled": cancelled,
+                         "pending": max(0, job.total_trials - done - running - failed - cancelled),
+                         "epochs": sum(e for _, _, e in rows)}
+    return found
 
 
 def _fetch_raw(session: Session, query) -> list[tuple]:

@@ -31,9 +31,9 @@ def unprocessable(errors: list[dict]) -> HTTPException:
                          [{"loc": ["body", *e["loc"]], "msg": e["msg"], "type": "value_error"} for e in errors])
 
 
-def job_out(session: Session, job: store.Job) -> JobOut:
+def job_out(session: Session, job: store.Job, progress: Optional[dict] = None) -> JobOut:
     aware = store.aware
-    return JobOut(id=job.id, name=job.name, status=job.status, progress=store.progress(session, job),
+    return JobOut(id=job.id, name=job.name, status=job.status, progress=progress or store.progress(session, job),
                   created_at=aware(job.created_at), started_at=aware(job.started_at),
                   finished_at=aware(job.finished_at), cancel_requested_at=aware(job.cancel_requested_at),
                   error=job.error, spec=job.spec)
@@ -108,8 +108,9 @@ def list_jobs(status_filter: Optional[JobStatus] = Query(None, alias="status"),
     if status_filter:
         query, count = query.where(store.Job.status == status_filter), count.where(store.Job.status == status_filter)
     found = session.scalars(query.order_by(store.Job.id.desc()).limit(limit).offset(offset)).all()
-    return JobList(items=[job_out(session, j) for j in found], total=session.scalar(count), limit=limit,
-                   offset=offset)
+    progress = store.progress_of(session, found)  # one query for the page, not one per job
+    return JobList(items=[job_out(session, j, progress[j.id]) for j in found], total=session.scalar(count),
+                   limit=limit, offset=offset)
 
 
 @router.get("/{job_id}", response_model=JobOut, dependencies=[Depends(require_read)],
