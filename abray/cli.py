@@ -7,7 +7,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from .config import ConfigError, TrainConfig, load_config_file, parse_config
+from .training.config import ConfigError, TrainConfig, load_config_file, parse_config
 
 DEMO_DELAYS = (0, 8, 32)
 
@@ -35,7 +35,9 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
 def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .train import load_data, run
+    from .results.schema import epochs_frame, write_frame
+    from .training.build import load_data
+    from .training.run import run
 
     config = _config_from_args(args)
     if config.output is None:
@@ -53,16 +55,19 @@ def cmd_train(args: argparse.Namespace) -> int:
             bar.write(f"epoch {m.epoch:3d}  train loss {m.train_loss:.4f}  test loss {m.test_loss:.4f}  "
                       f"test acc {m.test_accuracy:.4f}" + (f"  DIVERGED at step {m.diverged_step}" if m.diverged else ""))
 
-        frame = run(config, data=data, on_step=on_step, on_epoch=on_epoch)
-    last = frame.iloc[-1]
+        history = run(config, data=data, on_step=on_step, on_epoch=on_epoch)
+    output = write_frame(epochs_frame(config.model_dump(), history), config.output)
+    last = history[-1]
     status = f"diverged at step {last.diverged_step}" if last.diverged else f"test accuracy {last.test_accuracy:.4f}"
-    print(f"{config.optimizer} at delay {config.delay}: {status} after {int(last.steps)} steps")
-    print(f"per-epoch metrics: {Path(config.output).resolve()}")
+    print(f"{config.optimizer} at delay {config.delay}: {status} after {last.steps} steps")
+    print(f"per-epoch metrics: {output.resolve()}")
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweep import load_spec_file, report, run_sweep
+    from .results.report import report
+    from .sweeps.spec import load_spec_file
+    from .sweeps.tune import run_sweep
 
     spec = load_spec_file(args.spec)
     print(f"sweep {spec.options.name!r}: {spec.size} trials", flush=True)
@@ -75,7 +80,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from .sweep import report
+    from .results.report import report
 
     report(args.dir, export=args.export, stable_region=not args.no_stable_region)
     return 0
@@ -83,7 +88,9 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The main job: the default sweep (digits; SGDM and AB; D in {0, 4, 16, 32}; 2 seeds) through Tune."""
-    from .sweep import DEFAULT_SPEC, parse_spec, report, run_sweep
+    from .results.report import report
+    from .sweeps.spec import DEFAULT_SPEC, parse_spec
+    from .sweeps.tune import run_sweep
 
     values = dict(DEFAULT_SPEC, storage=args.storage)
     if args.epochs is not None:
@@ -97,7 +104,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """The job service: FastAPI on uvicorn. Flags become ABRAY_* settings (see api/settings.py)."""
+    """The job service: FastAPI on uvicorn. Flags become ABRAY_* settings (see abray/service/settings.py)."""
     import os
 
     import uvicorn
@@ -107,7 +114,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for name, value in flags.items():
         if value is not None:
             os.environ[f"ABRAY_{name.upper()}"] = str(value)
-    from api.settings import from_env
+    from .service.settings import from_env
 
     from_env()  # refuse bad settings before uvicorn starts
     uvicorn.run("api.main:create_app", factory=True, host=args.host, port=args.port, log_level=args.log_level)

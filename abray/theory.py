@@ -18,8 +18,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .delay import DelayedUpdates, check_delay
-from .methods import METHODS, build_optimizer
+from .optim.methods import METHODS, build_optimizer
+from .optim.staleness import check_delay
+from .training.delayed import DelayedUpdates
 
 
 def companion_matrix(eta_lambda: float, momentum: float, delay: int) -> np.ndarray:
@@ -83,7 +84,7 @@ def simulate_quadratic(
     diagonal Hessians diag(curvatures[p]). Each problem is its own parameter tensor in its own parameter
     group, so problems never share a cosine ("tensor" and "global" granularity both take it over one
     problem's N coordinates). The updates go through `DelayedUpdates` and the real optimizer of the
-    method (`abray.methods`), exactly as in the simulator. Other keyword arguments (rho, granularity,
+    method (`abray.optim.methods`), exactly as in the simulator. Other keyword arguments (rho, granularity,
     nesterov, weight_decay, dc_lambda, lookahead) go to the method. Starting weights are `w0` (a scalar
     or an array of the same shape), or standard normal draws when `seed` is given. Returns the losses
     sum_i lambda_i w_i^2 / 2, shape (steps + 1, P), in float64; a problem that overflows shows inf or nan.

@@ -13,7 +13,7 @@ import sys
 
 from sqlalchemy.orm import Session
 
-from abray import store
+from abray.service import store
 
 HASH_KEY = "api_token_sha256"
 

@@ -8,8 +8,9 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from abray.service.settings import Settings
+
 from . import auth
-from .settings import Settings
 
 bearer = HTTPBearer(auto_error=False, description="the service's token (ABRAY_TOKEN, or printed at first start)")
 

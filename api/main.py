@@ -11,13 +11,13 @@ from typing import Optional
 
 from fastapi import FastAPI
 
-from abray import store
+from abray.service import store
+from abray.service.scheduler import Scheduler
+from abray.service.settings import Settings, from_env
 
 from . import auth
 from .cache import ResultCache
 from .routers import dashboard, health, jobs
-from .scheduler import Scheduler
-from .settings import Settings, from_env
 
 
 def create_app(settings: Optional[Settings] = None) -> FastAPI:

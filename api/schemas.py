@@ -7,7 +7,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, Field
 
-from abray.store import JOB_STATUSES, TRIAL_STATUSES
+from abray.service.store import JOB_STATUSES, TRIAL_STATUSES
 
 JobStatus = Literal[JOB_STATUSES]
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +27,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from api.local import LocalService
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test support: LocalService
+from support.service import LocalService  # noqa: E402
 
 TOKEN = "benchmark-token-0123456789"
 SPEC = {"name": "load", "epochs": 2, "grid": {"optimizer": ["sgdm", "ab"], "delay": [0, 8, 32], "seed": [0, 1]}}
@@ -55,8 +57,8 @@ def submissions(url: str, clients: int, per_client: int) -> None:
 def fill_job(database: str, job_id: int, trials: int = 100, epochs: int = 100) -> None:
     """10,000 metric rows for one job, written with the store's own functions (as a driver would); the job
     is marked running, as a driver marks it."""
-    from abray import store
-    from abray.config import TrainConfig
+    from abray.service import store
+    from abray.training.config import TrainConfig
 
     sessions = store.session_factory(store.connect(database))
     rng = random.Random(0)
@@ -82,7 +84,7 @@ class NewEpochs:
     """Records one more epoch of the first trial each call, as a running driver would."""
 
     def __init__(self, database: str, job_id: int):
-        from abray import store
+        from abray.service import store
 
         self.store, self.job_id, self.epoch = store, job_id, 100
         self.sessions = store.session_factory(store.connect(database))

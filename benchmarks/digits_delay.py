@@ -36,14 +36,13 @@ GRANULARITIES = ("tensor", "global", "element")
 def _run(task: tuple[dict, bool]) -> dict:
     import torch
 
-    from abray.config import parse_config
-    from abray.data import digits
-    from abray.train import run
+    from abray.training.config import parse_config
+    from abray.training.data import digits
+    from abray.training.run import run
 
     torch.set_num_threads(1)
     values, validation = task
-    frame = run(parse_config(values), data=digits(validation=validation))
-    last = frame.iloc[-1]
+    last = run(parse_config(values), data=digits(validation=validation))[-1]
     return {**values, "accuracy": float(last.test_accuracy), "diverged": bool(last.diverged)}
 
 

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from abray.models import build_model
+from abray.training.models import build_model
 from abray.optim import ABSGD
 
 MODELS = {"resnet20": (10, 400), "resnet50": (1000, 30)}  # num_classes, timed steps

@@ -26,8 +26,8 @@ import time
 
 import pandas as pd
 
-from abray.config import TrainConfig
-from abray.methods import METHODS
+from abray.optim.methods import METHODS
+from abray.training.config import TrainConfig
 
 DELAYS = (0, 4, 8, 16, 32)
 SELECTION_DELAYS = (8, 32)
@@ -42,13 +42,13 @@ STRENGTHS = {
 def _train(task: tuple[dict, bool]) -> dict:
     import torch
 
-    from abray.config import parse_config
-    from abray.data import digits
-    from abray.train import run
+    from abray.training.config import parse_config
+    from abray.training.data import digits
+    from abray.training.run import run
 
     torch.set_num_threads(1)
     values, validation = task
-    last = run(parse_config(values), data=digits(validation=validation)).iloc[-1]
+    last = run(parse_config(values), data=digits(validation=validation))[-1]
     return {**values, "accuracy": float(last.test_accuracy), "diverged": bool(last.diverged)}
 
 

@@ -27,10 +27,10 @@ import ray
 import torch
 from torch.utils.data import TensorDataset
 
-from abray.config import parse_config
-from abray.data import DataSplit, batch_indices, collate, digits
-from abray.distributed import train_distributed
-from abray.models import build_model
+from abray.training.config import parse_config
+from abray.training.data import DataSplit, batch_indices, collate, digits
+from abray.training.distributed import train_distributed
+from abray.training.models import build_model
 
 SKIP = 10  # updates excluded from the rate (start-up)
 

@@ -24,13 +24,13 @@ import numpy as np
 import ray
 import torch
 
-from abray.config import parse_config
-from abray.data import batch_indices, digits
-from abray.delay import evaluate
-from abray.distributed import Worker, train_distributed
-from abray.models import build_model
-from abray.parameter_server import FlatLayout, _bind_parameters
-from abray.train import make_scheduler
+from abray.training.build import make_scheduler
+from abray.training.config import parse_config
+from abray.training.data import batch_indices, digits
+from abray.training.distributed import Worker, train_distributed
+from abray.training.epochs import evaluate
+from abray.training.flat import FlatLayout, bind_parameters
+from abray.training.models import build_model
 
 SLOWDOWN = [1.0, 1.0, 1.0, 4.0]
 
@@ -58,7 +58,7 @@ def synchronous(config, data, target):
     model = build_model(config.model, data.num_classes)
     layout = FlatLayout([p.shape for p in model.parameters()])
     flat = layout.flatten([p.detach() for p in model.parameters()]).clone()
-    params = _bind_parameters(model, layout.views(flat))
+    params = bind_parameters(model, layout.views(flat))
     opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum)
     steps_per_epoch = len(data.train) // config.batch_size
     sched = make_scheduler(config, opt, steps_per_epoch)

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import ray
 
-from abray.config import parse_config
-from abray.data import digits
-from abray.sweep import parse_spec, run_sweep
-from abray.train import run
+from abray.sweeps.spec import parse_spec
+from abray.sweeps.tune import run_sweep
+from abray.training.config import parse_config
+from abray.training.data import digits
+from abray.training.run import run
 
 GRID = {"optimizer": ["sgdm", "ab"], "delay": [0, 8], "seed": [0, 1]}
 
@@ -38,8 +39,8 @@ def main() -> None:
     data = digits()
     serial_training = 0.0
     for trial in parse_spec(spec_values).trials:
-        frame = run(parse_config(trial), data=data)
-        serial_training += frame.wall_time.sum()
+        history = run(parse_config(trial), data=data)
+        serial_training += sum(m.wall_time for m in history)
     serial = time.perf_counter() - start
 
     with tempfile.TemporaryDirectory() as storage:

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import httpx
 
-from api.local import LocalService
-from dashboards import CHROMIUM, CHROMIUM_ARGS
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test support: service, browser
+from support.browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from support.service import LocalService  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,7 +84,7 @@ def main(argv=None) -> int:
                            token=secrets.token_urlsafe(24), poll_s=0.5, reads_need_token=False)
     try:
         service.start()
-        from abray.sweep import DEFAULT_SPEC
+        from abray.sweeps.spec import DEFAULT_SPEC
 
         spec = dict(DEFAULT_SPEC, **({"epochs": args.epochs} if args.epochs else {}))
         response = httpx.post(f"{service.url}/jobs", json=spec, headers=service.auth, timeout=30)

@@ -1,7 +1,21 @@
+"""Fixtures shared by every layer's tests: one local Ray instance for the session, and the job service.
+
+Tests are grouped by layer (tests/optim, training, theory, sweeps, service, dashboards, cli, deploy). Any test that
+uses Ray, the service or a browser is marked `slow` here, so `pytest -m "not slow"` is the fast loop of unit tests.
+"""
+
 import pytest
 
-from abray.cluster import free_port
-from api.local import LocalService
+from abray.service.cluster import free_port
+from support.service import ApiServer, finish_jobs
+
+SLOW_FIXTURES = {"ray_cluster", "api_server", "browser", "postgres_url"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -15,27 +29,6 @@ def ray_cluster():
              _metrics_export_port=port, _system_config={"metrics_report_interval_ms": 1000})
     yield {"metrics_port": port, "address": ray.get_runtime_context().gcs_address}
     ray.shutdown()
-
-
-TOKEN = "test-token-0123456789abcdef"
-
-
-class ApiServer(LocalService):
-    """The service for tests: the tests' token, and a scheduler that wakes every 0.3 s."""
-
-    def __init__(self, storage, ray_address, database=None, token=TOKEN, **settings):
-        super().__init__(storage, ray_address=ray_address, database=database, token=token,
-                         **{"poll_s": 0.3, **settings})
-
-
-def finish_jobs(server: ApiServer) -> None:
-    """Cancel whatever a test left queued or running, so the next test's jobs start at once."""
-    with server.client() as client:
-        for status in ("queued", "running"):
-            for job in client.get("/jobs", params={"status": status, "limit": 500}).json()["items"]:
-                client.post(f"/jobs/{job['id']}/cancel")
-        for job in client.get("/jobs", params={"status": "running", "limit": 500}).json()["items"]:
-            server.wait_for(job["id"], lambda j: j["status"] != "running", timeout=60)
 
 
 @pytest.fixture(scope="module")

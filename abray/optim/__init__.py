@@ -1,6 +1,12 @@
-"""Optimizers: `ABSGD` and the functional kernels it (and the parameter server) calls."""
+"""The algorithm: `ABSGD` and its functional kernels, the peer methods, linear weight prediction, the registry
+of methods by name, and the definition of delay and staleness.
 
-from .absgd import ABSGD, DEFAULT_RHO, check_hyperparameters
+The bottom layer of abray: it imports torch and numpy, nothing from the layers above (no Ray, pandas,
+SQLAlchemy or FastAPI), so `from abray.optim import ABSGD` costs torch alone.
+"""
+
+from .absgd import ABSGD, DEFAULT_GRANULARITY, DEFAULT_RHO, check_hyperparameters
 from .functional import GRANULARITIES, absgd, brake, cosines
 
-__all__ = ["ABSGD", "DEFAULT_RHO", "GRANULARITIES", "absgd", "brake", "check_hyperparameters", "cosines"]
+__all__ = ["ABSGD", "DEFAULT_GRANULARITY", "DEFAULT_RHO", "GRANULARITIES", "absgd", "brake", "check_hyperparameters",
+           "cosines"]

@@ -13,8 +13,10 @@ from torch.optim import Optimizer
 
 from .functional import GRANULARITIES, absgd
 
-# Chosen from the digits delay benchmark (benchmarks/digits_delay.py; figures in the README).
+# Chosen from the digits delay benchmark (benchmarks/digits_delay.py; figures in the README). Training runs take
+# their defaults from here too (abray.training.config).
 DEFAULT_RHO = 1.5
+DEFAULT_GRANULARITY = "tensor"
 
 
 def check_sgd_hyperparameters(lr: Any, momentum: float, weight_decay: float) -> None:
@@ -79,7 +81,7 @@ class ABSGD(Optimizer):
         weight_decay: float = 0.0,
         nesterov: bool = False,
         rho: float = DEFAULT_RHO,
-        granularity: str = "tensor",
+        granularity: str = DEFAULT_GRANULARITY,
         eps: float = 1e-8,
         foreach: Optional[bool] = None,
     ):

@@ -50,9 +50,13 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ..delay import check_delay
 from .absgd import check_sgd_hyperparameters
 from .functional import absgd
+from .staleness import check_delay
+
+# Training runs take their defaults from here too (abray.training.config).
+DEFAULT_DC_LAMBDA = 2.0
+DEFAULT_LOOKAHEAD = 1.0
 
 
 def spike_coefficients(momentum: float, delay: int) -> tuple[float, float]:
@@ -155,8 +159,9 @@ class DelayAwareSGD(Optimizer):
 class DCASGD(DelayAwareSGD):
     """SGDM on DC-ASGD's delay-compensated gradient (adaptive lambda by default)."""
 
-    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, dc_lambda: float = 2.0,
-                 adaptive: bool = True, ms_decay: float = 0.95, eps: float = 1e-7, delay: int = 0):
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
+                 dc_lambda: float = DEFAULT_DC_LAMBDA, adaptive: bool = True, ms_decay: float = 0.95, eps: float = 1e-7,
+                 delay: int = 0):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, dc_lambda=dc_lambda,
                                       adaptive=adaptive, ms_decay=ms_decay, eps=eps), delay)
 
@@ -207,8 +212,8 @@ class SpikeCompensatedSGD(DelayAwareSGD):
 class NesterovLookahead(DelayAwareSGD):
     """SGDM whose step looks D + 1 momentum steps ahead, blended with SGDM's step by `lookahead`."""
 
-    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, lookahead: float = 1.0,
-                 delay: int = 0):
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
+                 lookahead: float = DEFAULT_LOOKAHEAD, delay: int = 0):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, lookahead=lookahead), delay)
 
     def _check_group(self, group):

@@ -6,8 +6,8 @@ from fastapi import APIRouter, Depends, Request, Response, status
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from abray import store
-from abray.cluster import answers
+from abray.service import store
+from abray.service.cluster import answers
 
 from ..deps import get_session
 from ..schemas import Health

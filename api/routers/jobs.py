@@ -10,14 +10,15 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from abray import store
-from abray.config import ConfigError
-from abray.results import FORMATS, frame_bytes, summarize
-from abray.sweep import DEFAULT_SPEC, parse_spec
+from abray.results.schema import FORMATS, frame_bytes
+from abray.results.summary import summarize
+from abray.service import store
+from abray.service.settings import Settings
+from abray.sweeps.spec import DEFAULT_SPEC, parse_spec
+from abray.training.config import ConfigError
 
 from ..deps import get_session, get_settings, require_read, require_write
 from ..schemas import JobList, JobOut, JobStatus, Summary, TrialOut
-from ..settings import Settings
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -124,16 +125,14 @@ def read_job(job: store.Job = Depends(get_job), session: Session = Depends(get_s
 def cancel(job_id: int, response: Response, session: Session = Depends(get_session)) -> JobOut:
     """A queued job is cancelled at once (200); a running one stops its trials within seconds (202)."""
     job = get_job(job_id, session)
-    if job.status in store.FINISHED:
+    outcome = store.request_cancel(session, job_id)
+    session.commit()
+    session.refresh(job)
+    if outcome == "finished":
         raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} has already finished ({job.status}); "
                                                       "there is nothing to cancel")
-    now = store.utcnow()
-    if job.status == "queued":
-        job.status, job.finished_at, job.cancel_requested_at = "cancelled", now, now
-    else:
-        job.cancel_requested_at = job.cancel_requested_at or now
+    if outcome == "requested":
         response.status_code = status.HTTP_202_ACCEPTED
-    session.commit()
     return job_out(session, job)
 
 

@@ -1,0 +1,2 @@
+"""Sweeps over delay, optimizer and hyperparameters: `spec` validates a sweep (no Ray needed), `tune` runs it on
+Ray Tune."""

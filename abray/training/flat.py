@@ -1,0 +1,62 @@
+"""Weights as one flat float32 buffer, the form they travel in between the parameter server and its workers,
+and the BatchNorm buffers that travel with them."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class FlatLayout:
+    """Where each parameter tensor lives in the flat buffer."""
+
+    def __init__(self, shapes: list[torch.Size]):
+        self.shapes = shapes
+        self.sizes = [math.prod(s) for s in shapes]
+        self.numel = sum(self.sizes)
+
+    def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        return [chunk.view(shape) for chunk, shape in zip(flat.split(self.sizes), self.shapes)]
+
+    def flatten(self, tensors, like: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """One flat tensor from per-parameter tensors; None (an unused parameter) becomes zeros."""
+        parts = [t.reshape(-1) if t is not None else torch.zeros(n, dtype=torch.float32, device=like.device
+                                                                  if like is not None else "cpu")
+                 for t, n in zip(tensors, self.sizes)]
+        return torch.cat(parts)
+
+
+def tensor_from_store(array: np.ndarray) -> torch.Tensor:
+    """A torch view of a (read-only) array from the object store, without copying."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # read-only: we never write through it
+        return torch.from_numpy(array)
+
+
+def bind_parameters(model: nn.Module, views: list[torch.Tensor]) -> list[nn.Parameter]:
+    """Make the model's parameters views into the flat buffer, so the optimizer updates it in place."""
+    params = []
+    named = list(model.named_parameters())
+    for (name, _), view in zip(named, views):
+        module_name, _, attr = name.rpartition(".")
+        module = model.get_submodule(module_name) if module_name else model
+        param = nn.Parameter(view)
+        module._parameters[attr] = param
+        params.append(param)
+    return params
+
+
+def model_buffers(model: nn.Module) -> dict[str, np.ndarray]:
+    return {name: b.detach().cpu().numpy().copy() for name, b in model.named_buffers()}
+
+
+def load_buffers(model: nn.Module, buffers: Optional[dict]) -> None:
+    if buffers:
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                b.copy_(torch.as_tensor(buffers[name]))

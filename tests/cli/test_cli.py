@@ -1,0 +1,54 @@
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from abray.results import CONFIG_COLUMNS, METRIC_COLUMNS
+
+pytestmark = pytest.mark.slow  # each runs `abray` in a new process
+
+
+def abray(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "abray.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_train_from_flags_writes_tidy_csv_with_progress(tmp_path):
+    out = tmp_path / "m.csv"
+    res = abray("train", "--optimizer", "ab", "--delay", "3", "--epochs", "2", "--rho", "1.0", "--lr", "0.03",
+                "--output", str(out), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "step/s" in res.stderr and "epoch   2" in res.stdout  # progress bar, per-epoch lines
+    frame = pd.read_csv(out)
+    assert list(frame.columns) == CONFIG_COLUMNS + METRIC_COLUMNS
+    assert frame.epoch.tolist() == [1, 2] and (frame.delay == 3).all() and (frame.rho == 1.0).all()
+    assert frame.steps.tolist() == [44, 88]
+    assert "test accuracy" in res.stdout
+
+
+def test_train_from_yaml_with_flag_override_writes_parquet(tmp_path):
+    (tmp_path / "run.yaml").write_text("optimizer: sgdm\ndelay: 2\nepochs: 1\nseed: 5\nbatch_size: 64\n")
+    out = tmp_path / "m.parquet"
+    res = abray("train", "--config", "run.yaml", "--seed", "7", "--output", str(out), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    frame = pd.read_parquet(out)
+    assert frame.optimizer.tolist() == ["sgdm"] and frame.seed.tolist() == [7] and frame.batch_size.tolist() == [64]
+
+
+def test_default_output_goes_under_runs(tmp_path):
+    res = abray("train", "--epochs", "1", "--batch-size", "256", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert len(list((tmp_path / "runs").glob("digits-ab-D0-seed0-*.csv"))) == 1
+
+
+def test_bad_config_fails_before_training_naming_fields_and_allowed_values(tmp_path):
+    res = abray("train", "--optimizer", "adam", "--momentum", "1.5", "--granularity", "layer", "--delay", "-1",
+                "--output", str(tmp_path / "x.csv"), cwd=tmp_path)
+    assert res.returncode == 2
+    err = res.stderr
+    assert "optimizer: Input should be 'sgdm', 'ab', 'dcasgd', 'staleness_lr', 'lwp', 'spike'" in err
+    assert "momentum: Input should be less than 1" in err
+    assert "granularity: Input should be 'tensor', 'global' or 'element'" in err
+    assert "delay: Input should be greater than or equal to 0" in err
+    assert "step" not in err and not (tmp_path / "x.csv").exists()

@@ -1,0 +1,26 @@
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
+
+CLUSTER = Path(__file__).resolve().parents[2] / "cluster.yaml"
+
+
+def test_cluster_yaml_passes_rays_validator():
+    config = yaml.safe_load(CLUSTER.read_text())
+    validate_config(prepare_config(config))
+    assert config["idle_timeout_minutes"] > 0
+    assert any("@v" in cmd for cmd in config["setup_commands"])  # a pinned version
+    types = config["available_node_types"]
+    assert types["gpu_worker"]["min_workers"] == 0 and types["gpu_worker"]["max_workers"] > 0
+
+
+def test_the_validator_catches_a_typo():
+    config = yaml.safe_load(CLUSTER.read_text())
+    broken = copy.deepcopy(config)
+    broken["available_node_types"]["gpu_worker"]["max_worker"] = broken["available_node_types"]["gpu_worker"].pop(
+        "max_workers")
+    with pytest.raises(Exception):
+        validate_config(prepare_config(broken))

@@ -1,0 +1,106 @@
+import pandas as pd
+import pytest
+import torch
+
+from abray.results import CONFIG_COLUMNS, METRIC_COLUMNS, load_tune_experiment, summarize, trial_status
+from abray.results.report import report
+from abray.sweeps.spec import parse_spec
+from abray.sweeps.tune import run_sweep
+from abray.training.config import ConfigError
+
+
+@pytest.mark.parametrize(
+    "values,match",
+    [
+        ({"grid": {"colour": [1]}}, "grid.colour: not a sweepable field; allowed: delay, optimizer"),
+        ({"grid": {"delay": []}}, r"grid.delay: needs at least one value \(the sweep would be empty: 0 trials\)"),
+        ({"grid": {"delay": list(range(100)), "seed": list(range(60))}}, "sweep has 6000 trials, more than max_trials = 5000"),
+        ({"grid": {"delay": [0, 1]}, "max_trials": 1}, "sweep has 2 trials, more than max_trials = 1"),
+        ({"epochs": 0}, "epochs: Input should be greater than or equal to 1"),
+        ({"grid": {"momentum": [0.9, 1.5]}}, r"invalid sweep point \(momentum=1.5\)"),
+        ({"search": "bayes"}, "search: Input should be 'grid' or 'random'"),
+        ({"delay": 3, "grid": {"delay": [0]}}, "delay: set both as a fixed value and in grid"),
+        ({"name": "../escape"}, "name: String should match pattern"),
+    ],
+)
+def test_bad_specs_are_refused_before_anything_starts(values, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_spec(values)
+
+
+def test_spec_expands_the_grid():
+    spec = parse_spec({"epochs": 2, "grid": {"optimizer": ["sgdm", "ab"], "delay": [0, 4, 16]}})
+    assert spec.size == 6 and {(t["optimizer"], t["delay"]) for t in spec.trials} == {
+        (o, d) for o in ("sgdm", "ab") for d in (0, 4, 16)}
+    assert parse_spec({"search": "random", "num_samples": 7, "grid": {"lr": [0.1, 0.01]}}).size == 7
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_sweep_runs_on_tune_with_diverged_and_crashed_trials_as_results(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("the crashing trial needs a machine without CUDA")
+    spec = parse_spec({"name": "t", "storage": str(tmp_path), "epochs": 2, "batch_size": 64,
+                       "grid": {"optimizer": ["sgdm", "ab"], "lr": [0.03, 1e6], "device": ["cpu", "cuda"]}})
+    lines = []
+    path = run_sweep(spec, write=lines.append)
+    frame = load_tune_experiment(path)
+    assert list(frame.columns) == ["job_id", "trial_id"] + CONFIG_COLUMNS + METRIC_COLUMNS
+    status = trial_status(path)
+    assert len(status) == 8 and status.failed.sum() == 4  # the cuda trials crash; the sweep goes on
+    assert frame.trial_id.nunique() == 4 and (frame.device == "cpu").all()
+    last = frame.sort_values("epoch").groupby("trial_id").tail(1)
+    huge = last[last.lr == 1e6]
+    assert huge.diverged.all() and huge.diverged_step.notna().all()  # a diverged trial is a result
+    assert not last[last.lr == 0.03].diverged.any() and (frame[frame.lr == 0.03].epoch.max() == 2)
+    summary = summarize(frame)
+    assert set(summary.columns) >= {"optimizer", "delay", "mean", "std", "count", "diverged"}
+    assert summary["count"].sum() == 4 and summary.diverged.sum() == 2
+    assert any("4 failed" in line for line in lines) and any("best test accuracy" in line for line in lines)
+
+    # resuming redoes no finished trial: their reports (with Tune's timestamps) stay as they were
+    def finished_reports():
+        return {p.parent.name: p.read_text() for p in path.glob("*/result.json")
+                if not (p.parent / "error.txt").exists()}
+
+    before = finished_reports()
+    run_sweep(spec, resume=True, write=lines.append)
+    assert finished_reports() == before and len(before) == 4
+
+    out = report(path, write=lines.append, export=str(tmp_path / "r.parquet"), stable_region=False)
+    assert all(p.exists() and p.stat().st_size > 0 for p in out["figures"])
+    assert {p.suffix for p in out["figures"]} == {".png", ".svg"}
+    assert len(pd.read_parquet(tmp_path / "r.parquet")) == len(frame)
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_distributed_trials_reserve_their_server_and_workers(tmp_path):
+    # each trial needs 1 + 2 CPUs of the session's 4: the placement groups let one run at a time, no deadlock
+    spec = parse_spec({"name": "d", "storage": str(tmp_path), "epochs": 1, "batch_size": 64, "mode": "free",
+                       "workers": 2, "grid": {"optimizer": ["ab", "sgdm"]}})
+    frame = load_tune_experiment(run_sweep(spec, write=lambda line: None))
+    assert sorted(frame.optimizer) == ["ab", "sgdm"]
+    assert (frame["mode"] == "free").all() and (frame.workers == 2).all() and (frame.staleness_mean > 0).all()
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_random_search_with_asha_runs(tmp_path):
+    spec = parse_spec({"name": "r", "storage": str(tmp_path), "epochs": 4, "batch_size": 128, "search": "random",
+                       "num_samples": 4, "scheduler": "asha", "grid": {"lr": [0.01, 0.03, 0.1]}})
+    path = run_sweep(spec, write=lambda line: None)
+    frame = load_tune_experiment(path)
+    status = trial_status(path)
+    assert len(status) == 4 and not status.failed.any()
+    assert set(frame.lr) <= {0.01, 0.03, 0.1} and frame.epoch.max() <= 4
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_a_trial_bigger_than_a_fixed_cluster_is_refused_before_tune_starts(tmp_path):
+    import ray
+
+    cpus = ray.cluster_resources()["CPU"]
+    spec = parse_spec({"name": "big", "storage": str(tmp_path), "mode": "free", "workers": int(cpus),
+                       "grid": {"delay": [0]}})
+    with pytest.raises(ConfigError, match=rf"a free trial needs {cpus + 1:g} CPUs \(1 for the trial \+ "
+                                          rf"{cpus:g} workers x 1\), but the Ray cluster has {cpus:g}"):
+        run_sweep(spec, fixed_cluster=True)
+    assert not (tmp_path / "big").exists()

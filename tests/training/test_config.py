@@ -1,0 +1,44 @@
+import json
+
+import pytest
+
+from abray.training.build import lr_multiplier
+from abray.training.config import ConfigError, load_config_file, parse_config
+
+
+@pytest.mark.parametrize(
+    "values,match",
+    [
+        ({"dataset": "cifar10", "model": "resnet20"}, "data_root is required for dataset 'cifar10'"),
+        ({"model": "resnet20"}, "model 'resnet20' does not fit dataset 'digits'; allowed: digits_cnn, digits_cnn_bn, digits_mlp"),
+        ({"nesterov": True, "momentum": 0.0}, "nesterov requires momentum in \\(0, 1\\)"),
+        ({"output": "x.txt"}, "output must end in .csv or .parquet"),
+        ({"epochs": 0}, "epochs: Input should be greater than or equal to 1"),
+        ({"learning_rate": 0.1}, "learning_rate: Extra inputs are not permitted"),
+        ({"device": "tpu"}, "device must be 'cpu' or 'cuda"),
+    ],
+)
+def test_config_validation_messages(values, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_config(values)
+
+
+def test_config_files_yaml_json_and_garbage(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps({"delay": 4}))
+    assert parse_config(load_config_file(tmp_path / "a.json")).delay == 4
+    (tmp_path / "b.yaml").write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config_file(tmp_path / "b.yaml")
+    (tmp_path / "c.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="is not valid JSON"):
+        load_config_file(tmp_path / "c.json")
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config_file(tmp_path / "missing.yaml")
+
+
+def test_lr_schedule_warmup_then_cosine_or_steps():
+    assert [lr_multiplier(s, 100, 4, "constant") for s in (0, 3, 50)] == [0.25, 1.0, 1.0]
+    assert lr_multiplier(4, 100, 4, "cosine") == 1.0
+    assert lr_multiplier(52, 100, 4, "cosine") == pytest.approx(0.5)
+    assert lr_multiplier(99, 100, 4, "cosine") < 0.01
+    assert [lr_multiplier(s, 100, 0, "step") for s in (10, 50, 80)] == pytest.approx([1.0, 0.1, 0.01])

@@ -1,0 +1,145 @@
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pandas as pd
+import pytest
+import ray
+import torch
+
+from abray.training.build import build_optimizer, make_scheduler
+from abray.training.config import ConfigError, parse_config
+from abray.training.data import digits
+from abray.training.distributed import ResourceError, train_distributed
+from abray.training.models import build_model
+from abray.training.simulator import train_delayed
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+
+@pytest.fixture(scope="module")
+def data():
+    return digits()
+
+
+def simulate(config, data):
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, data.num_classes)
+    opt = build_optimizer(config, model.parameters())
+    sched = make_scheduler(config, opt, len(data.train) // config.batch_size)
+    history = train_delayed(model, opt, data, delay=config.delay, epochs=config.epochs, batch_size=config.batch_size,
+                            seed=config.seed, scheduler=sched)
+    return history, torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy()
+
+
+def cfg(tmp_path, **kw):
+    values = dict(optimizer="ab", delay=4, workers=3, mode="distributed", epochs=2, batch_size=32,
+                  storage_path=str(tmp_path / "ps"), checkpoint_every=10)
+    return parse_config({**values, **kw})
+
+
+def test_fixed_delay_reproduces_the_simulator(tmp_path, data):
+    config = cfg(tmp_path)  # W = 3, D = 4, 88 steps
+    result = train_distributed(config, data)
+    history, weights = simulate(config, data)
+    assert result.applied_steps == list(range(88))
+    assert np.abs(result.weights - weights).max() <= 1e-6
+    assert result.history[-1].test_accuracy == pytest.approx(history[-1].test_accuracy, abs=1 / 360)
+    assert result.staleness == [min(t, 4) for t in range(88)]  # every update exactly D old, once filled
+    assert result.history[-1].staleness_hist == {4: 44}
+
+
+def test_free_mode_records_staleness_and_a_straggler_does_less(tmp_path, data):
+    config = cfg(tmp_path, mode="free", workers=3, slowdown=[1.0, 1.0, 4.0], batch_size=64)
+    per_worker = {0: 0, 1: 0, 2: 0}
+    result = train_distributed(config, data, on_update=lambda u: per_worker.__setitem__(u["worker"],
+                                                                                        per_worker[u["worker"]] + 1))
+    total = 2 * (len(data.train) // 64)
+    assert sorted(result.applied_steps) == list(range(total))  # every step once
+    assert len(result.staleness) == total and max(result.staleness) >= 1
+    last = result.history[-1]
+    assert last.staleness_max == max(result.staleness[total // 2:])
+    assert sum(last.staleness_hist.values()) == total // 2
+    assert per_worker[2] < per_worker[0] and per_worker[2] < per_worker[1]
+
+
+def kill_after(n, target):
+    killed = []
+
+    def on_update(u):
+        if u["applied"] >= n and not killed:
+            name = f"abray-ps-{u['run_id']}" if target == "server" else f"abray-worker-{u['run_id']}-1"
+            ray.kill(ray.get_actor(name), no_restart=False)
+            killed.append(u["applied"])
+
+    return on_update, killed
+
+
+@pytest.mark.parametrize("target", ["server", "worker"])
+def test_run_survives_a_killed_actor_without_applying_a_step_twice(tmp_path, data, target):
+    config = cfg(tmp_path, workers=2, delay=2, batch_size=64, epochs=3)  # 66 steps, checkpoint every 10
+    on_update, killed = kill_after(25, target)
+    result = train_distributed(config, data, on_update=on_update)
+    assert killed, "the actor was never killed"
+    assert result.applied_steps == list(range(66))  # all updates, in order, none twice
+    if target == "server":
+        assert result.server_restarts >= 1
+    else:
+        assert result.worker_failures >= 1
+    # fixed delay: the recovered run is the undisturbed trajectory
+    _, weights = simulate(config, data)
+    assert np.abs(result.weights - weights).max() <= 1e-6
+
+
+def test_metrics_reach_prometheus(ray_cluster, tmp_path, data):
+    # Gauges live as long as the actor that sets them, so scrape Ray's export while the run is going.
+    wanted = {"ray_abray_updates_total", "ray_abray_updates_per_second", "ray_abray_staleness_bucket",
+              "ray_abray_queue_depth", "ray_abray_train_loss", "ray_abray_worker_busy_fraction"}
+    found = set()
+
+    def scrape(update):
+        if update["applied"] < 10 or found:
+            return
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not wanted <= found:
+            url = f"http://127.0.0.1:{ray_cluster['metrics_port']}/metrics"
+            text = urllib.request.urlopen(url).read().decode()
+            found.update(line.split("{")[0] for line in text.splitlines() if line.startswith("ray_abray"))
+            time.sleep(0.5)
+
+    train_distributed(cfg(tmp_path, workers=2, epochs=1, batch_size=64, mode="free"), data, on_update=scrape)
+    assert wanted <= found, wanted - found
+
+
+def test_bad_input_fails_before_anything_starts(tmp_path, data):
+    with pytest.raises(ConfigError, match="workers: Input should be greater than or equal to 1"):
+        cfg(tmp_path, workers=0)
+    with pytest.raises(ConfigError, match="delay: Input should be greater than or equal to 0"):
+        cfg(tmp_path, delay=-1)
+    with pytest.raises(ConfigError, match="slowdown must list one factor per worker"):
+        cfg(tmp_path, slowdown=[1.0])
+    before = len(ray.util.list_named_actors())
+    start = time.monotonic()
+    with pytest.raises(ResourceError, match="3 GPUs requested, but the Ray cluster has 0"):
+        train_distributed(cfg(tmp_path, gpus_per_worker=1.0), data)
+    with pytest.raises(ResourceError, match="CPUs requested, but the Ray cluster has 4"):
+        train_distributed(cfg(tmp_path, workers=5), data)
+    assert time.monotonic() - start < 5 and len(ray.util.list_named_actors()) == before
+
+
+def test_cli_distributed_run_writes_metrics_with_staleness(ray_cluster, tmp_path):
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster["address"]}
+    out = tmp_path / "m.csv"
+    res = subprocess.run([sys.executable, "-m", "abray.cli", "train", "--mode", "free", "--workers", "2",
+                          "--epochs", "1", "--batch-size", "64", "--output", str(out),
+                          "--storage-path", str(tmp_path / "ps")],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    frame = pd.read_csv(out)
+    assert frame["mode"].tolist() == ["free"] and frame["workers"].tolist() == [2]
+    assert frame.staleness_max.iloc[0] >= 0 and sum(json.loads(frame.staleness_hist.iloc[0]).values()) == 22
+    assert "step/s" in res.stderr
