@@ -34,6 +34,9 @@ class EpochMetrics:
     staleness_mean: float = 0.0  # over the epoch's updates
     staleness_max: int = 0
     staleness_hist: dict = field(default_factory=dict)  # staleness -> number of updates
+    # AB only: of the tensors braked this epoch (summed over updates), the fraction whose factor 1 - rho c was < 0
+    # (elements, for element granularity); None where nothing was braked
+    reversed_fraction: Optional[float] = None
 
 
 def evaluate(model: nn.Module, dataset, batch_size: int = 1024, device="cpu") -> tuple[float, float]:

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from abray.optim import ABSGD, DEFAULT_RHO, brake, cosines
+from abray.optim import ABSGD, DEFAULT_RHO, brake, braking_strength, cosines
 
 
 def make_model(seed=0):
@@ -269,3 +269,58 @@ def test_property_zero_velocity_leaves_gradient_unscaled(data, shape, rho, granu
     vels = [None if as_none else torch.zeros(shape) for _ in grads]
     braked = brake(grads, vels, rho=rho, granularity=granularity, foreach=foreach)
     assert all(torch.equal(out, g) for out, g in zip(braked, grads))
+
+
+def test_braking_strength_grows_with_staleness_up_to_rho():
+    assert [braking_strength(1.5, s, 4.0) for s in (0, 1, 2, 4, 32)] == [0.0, 0.375, 0.75, 1.5, 1.5]
+    assert braking_strength(1.5, None, 4.0) == 1.5  # unknown staleness: full strength
+    assert braking_strength(1.5, 0, 0.0) == 1.5  # no ramp: full strength always
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("nesterov,weight_decay", [(False, 0.0), (True, 1e-2)])
+def test_undelayed_ab_is_torch_sgd_bit_for_bit(foreach, nesterov, weight_decay):
+    a, b, c = make_model(), make_model(), make_model()
+    kw = dict(lr=0.05, momentum=0.9, weight_decay=weight_decay, nesterov=nesterov, foreach=foreach)
+    train(a, ABSGD(a.parameters(), rho=2.0, delay=0, **kw), 120)
+    opt = ABSGD(c.parameters(), rho=2.0, delay=7, **kw)
+    opt.prepare(staleness=0)  # prepare overrides the delay given at construction
+    train(c, opt, 120)
+    train(b, torch.optim.SGD(b.parameters(), **kw), 120)
+    assert same_weights(a, b) and same_weights(c, b)
+
+
+@pytest.mark.parametrize("staleness,expected_rho", [(1, 0.375), (3, 1.125), (4, 1.5), (40, 1.5)])
+def test_stale_gradients_are_braked_by_the_ramped_strength(staleness, expected_rho):
+    a, b = make_model(), make_model()
+    train(a, ABSGD(a.parameters(), lr=0.05, rho=1.5, rho_ramp=4.0, delay=staleness), 40)
+    train(b, ABSGD(b.parameters(), lr=0.05, rho=expected_rho, rho_ramp=0.0), 40)
+    assert same_weights(a, b)
+
+
+def test_without_delay_or_prepare_ab_brakes_at_full_strength():
+    a, b = make_model(), make_model()
+    train(a, ABSGD(a.parameters(), lr=0.05, rho=1.5), 40)  # staleness unknown
+    train(b, ABSGD(b.parameters(), lr=0.05, rho=1.5, rho_ramp=0.0, delay=0), 40)
+    assert same_weights(a, b)
+
+
+def test_a_state_dict_from_before_the_ramp_keeps_braking_at_full_strength():
+    model = make_model()
+    opt = ABSGD(model.parameters(), lr=0.05, rho=1.5)
+    train(model, opt, 5)
+    saved = opt.state_dict()
+    for group in saved["param_groups"]:
+        del group["rho_ramp"]
+    again = ABSGD(make_model().parameters(), lr=0.05)
+    again.load_state_dict(saved)
+    assert again.param_groups[0]["rho_ramp"] == 0.0 and again.param_groups[0]["rho"] == 1.5
+
+
+def test_bad_staleness_and_ramp_are_named():
+    with pytest.raises(ValueError, match="rho_ramp must be >= 0"):
+        ABSGD(make_model().parameters(), lr=0.1, rho_ramp=-1)
+    with pytest.raises(ValueError, match="delay must be an integer >= 0"):
+        ABSGD(make_model().parameters(), lr=0.1, delay=-2)
+    with pytest.raises(ValueError, match="delay must be an integer >= 0, got 1.5"):
+        ABSGD(make_model().parameters(), lr=0.1).prepare(staleness=1.5)

@@ -53,7 +53,7 @@ def reference_delayed(model, make_opt, data, delay, epochs, batch_size, seed):
 
 
 OPTIMIZERS = {
-    "ab": lambda ps: ABSGD(ps, lr=0.05, rho=1.0),
+    "ab": lambda ps: ABSGD(ps, lr=0.05, rho=1.0, rho_ramp=0),  # full braking, whatever the staleness
     "sgd": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9),
     "adam": lambda ps: torch.optim.Adam(ps, lr=1e-3),
 }
@@ -137,3 +137,15 @@ def test_negative_delay_is_rejected(small_digits):
     with pytest.raises(ValueError, match="delay must be an integer >= 0"):
         train_delayed(model, ABSGD(model.parameters(), lr=0.1), small_digits, delay=-1, epochs=1,
                       batch_size=16, seed=0)
+
+
+def test_undelayed_ab_in_the_simulator_is_sgdm_exactly(small_digits):
+    """Do no harm: with nothing stale, AB's default braking is off, whatever rho, so its run is SGDM's."""
+    from abray.training.config import parse_config
+    from abray.training.run import run
+
+    common = dict(delay=0, epochs=2, batch_size=16, rho=2.0, warmup_epochs=1)
+    ab = run(parse_config(dict(common, optimizer="ab")), data=small_digits)
+    sgdm = run(parse_config(dict(common, optimizer="sgdm")), data=small_digits)
+    assert [m.test_loss for m in ab] == [m.test_loss for m in sgdm]
+    assert [m.train_loss for m in ab] == [m.train_loss for m in sgdm]
