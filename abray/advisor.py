@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .optim.absgd import DEFAULT_RHO, DEFAULT_RHO_RAMP
+from .optim.absgd import DEFAULT_RHO, DEFAULT_RHO_RAMP, braking_strength
 from .optim.staleness import check_delay
 from .theory import max_stable_eta_lambda, max_stable_eta_lambda_simulated
 from .training.config import TrainConfig
@@ -154,6 +154,8 @@ def stable_edges(delay: int, momentum: float, rho: float, rho_ramp: float) -> tu
     coordinate every granularity brakes alike, so the simulation runs all its grid points as one tensor."""
     check_delay(delay)
     sgdm = max_stable_eta_lambda(momentum, delay)
+    if braking_strength(rho, delay, rho_ramp) == 0:  # nothing stale enough to brake: AB is SGDM
+        return sgdm, sgdm
     ab = max_stable_eta_lambda_simulated("ab", delay, momentum=momentum, rho=rho, rho_ramp=rho_ramp,
                                          granularity="element", separable=True)
     return sgdm, ab

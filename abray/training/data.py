@@ -101,30 +101,55 @@ def mnist(root: str, download: bool = False, validation: bool = False) -> DataSp
                      num_classes=10, input_shape=(1, 28, 28))
 
 
-def teacher_student(*, inputs: int = TEACHER_INPUTS, width: int = 64, depth: int = 1, classes: int = 10,
-                    examples: int = 10_000, label_noise: float = 0.0, gain: float = 2.0, seed: int = 0,
-                    validation: bool = False) -> DataSplit:
+def teacher_student(*, inputs: int = TEACHER_INPUTS, width: int = 32, depth: int = 1, classes: int = 10,
+                    examples: int = 6_000, margin: float = 0.5, label_noise: float = 0.0, gain: float = 1.0,
+                    seed: int = 0, validation: bool = False) -> DataSplit:
     """Gaussian inputs labelled by a fixed random teacher network: the difficulty is a dial.
 
     The teacher maps x ~ N(0, I_inputs) through `depth` tanh layers of `width` units (weights N(0, gain^2 /
-    fan_in): a larger gain or depth makes the decision boundaries more convoluted) and a linear read-out to
-    `classes` logits, centred per class over the examples so the classes are about equally frequent; the label is
-    the largest logit, replaced by a uniformly random class with probability `label_noise` (so accuracy above
-    1 - label_noise * (classes - 1) / classes is out of reach). The same arguments give the same task.
+    fan_in): more depth, width or gain make the decision boundaries more convoluted) and a linear read-out to
+    `classes` logits, centred per class so the classes are about equally frequent; the label is the largest
+    logit. Of the inputs drawn of each class, the fraction `margin` nearest a decision boundary (smallest gap
+    between the two largest logits) is dropped, so a larger margin makes the classes easier to separate and every
+    class has the same number of examples; then each label is
+    replaced by a uniformly random class with probability `label_noise` (accuracy above 1 - label_noise *
+    (classes - 1) / classes is out of reach). The same arguments give the same task.
     """
     if depth < 0 or width < 1 or inputs < 1 or classes < 2 or examples < 10 * classes:
         raise ValueError(f"need depth >= 0, width >= 1, inputs >= 1, classes >= 2 and examples >= 10 * classes; "
                          f"got depth={depth}, width={width}, inputs={inputs}, classes={classes}, examples={examples}")
-    if not 0.0 <= label_noise <= 1.0:
-        raise ValueError(f"label_noise must be in [0, 1], got {label_noise!r}")
+    for name, value in (("margin", margin), ("label_noise", label_noise)):
+        if not 0.0 <= value <= (0.9 if name == "margin" else 1.0):
+            raise ValueError(f"{name} must be in [0, {0.9 if name == 'margin' else 1}], got {value!r}")
     rng = np.random.default_rng([seed, inputs, width, depth, classes])
-    x = rng.standard_normal((examples, inputs))
-    h = x
-    for _ in range(depth):
-        h = np.tanh(h @ rng.standard_normal((h.shape[1], width)) * (gain / np.sqrt(h.shape[1])))
-    logits = h @ rng.standard_normal((h.shape[1], classes)) / np.sqrt(h.shape[1])
-    labels = np.argmax(logits - logits.mean(0), axis=1)
-    noisy = rng.random(examples) < label_noise
+    layers = [rng.standard_normal((inputs if i == 0 else width, width)) * (gain / np.sqrt(inputs if i == 0 else width))
+              for i in range(depth)]
+    readout = rng.standard_normal((width if depth else inputs, classes)) / np.sqrt(width if depth else inputs)
+
+    def teacher(x):
+        for w in layers:
+            x = np.tanh(x @ w)
+        return x @ readout
+
+    centre = teacher(rng.standard_normal((4096, inputs))).mean(0)  # so the classes are about equally frequent
+    per_class = -(-examples // classes)
+    wanted = int(np.ceil(per_class / (1.0 - margin)))  # drawn of each class, of which the widest-margin are kept
+    xs, gaps, labels = [], [], []
+    counts = np.zeros(classes, dtype=int)
+    while counts.min() < wanted:
+        x = rng.standard_normal((4 * wanted * classes, inputs))
+        logits = teacher(x) - centre
+        top = np.sort(logits, axis=1)
+        xs.append(x), gaps.append(top[:, -1] - top[:, -2]), labels.append(np.argmax(logits, axis=1))
+        counts += np.bincount(labels[-1], minlength=classes)
+    x, gap, label = np.concatenate(xs), np.concatenate(gaps), np.concatenate(labels)
+    keep = []
+    for c in range(classes):  # the first `wanted` drawn of each class, then its `per_class` widest margins
+        drawn = np.flatnonzero(label == c)[:wanted]
+        keep.append(drawn[np.argsort(-gap[drawn], kind="stable")[:per_class]])
+    keep = np.sort(np.concatenate(keep))[:examples]
+    x, labels = x[keep], label[keep]
+    noisy = rng.random(len(labels)) < label_noise
     labels[noisy] = rng.integers(0, classes, int(noisy.sum()))
     return split_in_memory(x.astype(np.float32), labels.astype(np.int64), classes, validation)
 

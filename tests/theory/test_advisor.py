@@ -95,8 +95,9 @@ def test_advised_ab_lr_converges_at_half_and_diverges_far_above_on_a_quadratic()
 
 
 def test_stable_edges_are_the_theorys():
-    sgdm, ab = stable_edges(0, 0.9, 1.5, 4.0)
-    assert sgdm == pytest.approx(3.8, rel=1e-6) and ab <= 3.8
+    assert stable_edges(0, 0.9, 1.5, 4.0) == (pytest.approx(3.8, rel=1e-6),) * 2  # no staleness: AB is SGDM
+    sgdm, ab = stable_edges(0, 0.9, 1.5, 0.0)  # braking at D = 0 too
+    assert sgdm == pytest.approx(3.8, rel=1e-6) and ab < 3.8
     sgdm32, ab32 = stable_edges(32, 0.9, 1.5, 4.0)
     assert sgdm32 == pytest.approx(0.0041, abs=5e-5) and 5 * sgdm32 < ab32 < 0.1
 

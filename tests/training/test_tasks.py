@@ -114,8 +114,11 @@ def test_teacher_difficulty_is_dialled_by_depth_width_and_noise():
         w = torch.linalg.lstsq(x1, torch.nn.functional.one_hot(y).double()).solution
         return float(((x1 @ w).argmax(1) == y).double().mean())
 
-    deep = data.teacher_student(width=128, depth=3, examples=2000)
-    assert linear_probe_accuracy(deep) < linear_probe_accuracy(easy) - 0.05
+    deep = data.teacher_student(width=128, depth=3, gain=2.5, examples=2000)
+    assert linear_probe_accuracy(deep) < linear_probe_accuracy(easy) - 0.1
+    wide_margin = data.teacher_student(width=32, depth=1, examples=2000, margin=0.8)
+    assert linear_probe_accuracy(wide_margin) > linear_probe_accuracy(easy) + 0.03
+    assert np.bincount(easy.train.tensors[1].numpy()).tolist() == [160] * 10  # 200 a class, 80% in training
     noisy = data.teacher_student(width=32, depth=1, examples=2000, label_noise=0.5)
     clean = {x.numpy().tobytes(): int(y) for x, y in zip(*easy.train.tensors)}
     clean.update({x.numpy().tobytes(): int(y) for x, y in zip(*easy.test.tensors)})
@@ -123,6 +126,8 @@ def test_teacher_difficulty_is_dialled_by_depth_width_and_noise():
     assert 0.38 < changed < 0.52  # the same inputs, half relabelled (a tenth of those to their own class)
     with pytest.raises(ValueError, match="label_noise must be in"):
         data.teacher_student(label_noise=1.5)
+    with pytest.raises(ValueError, match="margin must be in"):
+        data.teacher_student(margin=0.95)
 
 
 def test_runner_up_labels_are_the_second_most_frequent_token():
