@@ -22,18 +22,19 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .optim.absgd import DEFAULT_RHO, DEFAULT_RHO_RAMP, braking_strength
+from .optim.absgd import DEFAULT_CLIP_FACTOR, DEFAULT_RHO, DEFAULT_RHO_RAMP, braking_strength
 from .optim.staleness import check_delay
 from .theory import max_stable_eta_lambda, max_stable_eta_lambda_simulated
 from .training.config import TrainConfig
 from .training.data import DataSplit, batch_indices, collate
 
-BRAKING_METHODS = ("ab", "ab_lwp")  # advised with AB's edge; every other method with SGDM's
+BRAKING_METHODS = ("ab", "ab_lwp")  # advised with AB's edge
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class Advice:
     momentum: float
     rho: float
     rho_ramp: float
+    clip_factor: bool
     sgdm_edge: float  # the largest stable eta * lambda
     ab_edge: float
 
@@ -57,17 +59,18 @@ class Advice:
     def ab_lr(self) -> float:
         return self.ab_edge / self.top_eigenvalue
 
-    def lr_for(self, optimizer: str) -> float:
-        """The advised lr for a method of the registry: AB's for the braking methods, SGDM's for the rest (the
-        peers change SGDM's step; the quadratic theory of each is in `abray.theory`)."""
-        return self.ab_lr if optimizer in BRAKING_METHODS else self.sgdm_lr
+    def lr_for(self, optimizer: str) -> Optional[float]:
+        """The advised lr for a method of the registry: SGDM's for sgdm, AB's for the braking methods, None for
+        the other peers (each has its own edge: `abray.theory.max_stable_eta_lambda_simulated`)."""
+        return self.ab_lr if optimizer in BRAKING_METHODS else self.sgdm_lr if optimizer == "sgdm" else None
 
     def lines(self) -> list[str]:
         return [
             f"top Hessian eigenvalue: {self.top_eigenvalue:.4g}",
             f"largest stable lr at delay {self.delay}, momentum {self.momentum:g} (quadratic theory):",
             f"  SGDM: {self.sgdm_lr:.3g}  (eta*lambda < {self.sgdm_edge:.3g})",
-            f"  AB (rho {self.rho:g}, rho_ramp {self.rho_ramp:g}): {self.ab_lr:.3g}  (eta*lambda < {self.ab_edge:.3g})",
+            f"  AB (rho {self.rho:g}, rho_ramp {self.rho_ramp:g}{', factor clipped at 0' if self.clip_factor else ''}):"
+            f" {self.ab_lr:.3g}  (eta*lambda < {self.ab_edge:.3g})",
         ]
 
 
@@ -147,29 +150,32 @@ def _normalised(vector: list[Tensor]) -> list[Tensor]:
     return [v / norm for v in vector]
 
 
+AB_EDGE_GRID = np.geomspace(1e-4, 4.0, 61)  # eta * lambda values AB's edge is simulated at (19% apart)
+
+
 @functools.lru_cache(maxsize=256)
-def stable_edges(delay: int, momentum: float, rho: float, rho_ramp: float) -> tuple[float, float]:
-    """(SGDM's, AB's) largest stable eta * lambda at `delay` on one-dimensional quadratics. AB's is simulated
-    (3,000 updates from w0 = 1 must end below the start, as `max_stable_eta_lambda_simulated` defines it); on one
-    coordinate every granularity brakes alike, so the simulation runs all its grid points as one tensor."""
+def stable_edges(delay: int, momentum: float, rho: float, rho_ramp: float, clip_factor: bool) -> tuple[float, float]:
+    """(SGDM's, AB's) largest stable eta * lambda at `delay` on one-dimensional quadratics. AB's is simulated with
+    its real optimizer on AB_EDGE_GRID: 3,000 updates from w0 = 1 must end below the start, for every grid point
+    up to it (`max_stable_eta_lambda_simulated`)."""
     check_delay(delay)
     sgdm = max_stable_eta_lambda(momentum, delay)
     if braking_strength(rho, delay, rho_ramp) == 0:  # nothing stale enough to brake: AB is SGDM
         return sgdm, sgdm
     ab = max_stable_eta_lambda_simulated("ab", delay, momentum=momentum, rho=rho, rho_ramp=rho_ramp,
-                                         granularity="element", separable=True)
+                                         clip_factor=clip_factor, grid=AB_EDGE_GRID)
     return sgdm, ab
 
 
 def advise(model: nn.Module, batches: Sequence[tuple[Tensor, Tensor]], *, delay: int, momentum: float = 0.9,
-           rho: float = DEFAULT_RHO, rho_ramp: float = DEFAULT_RHO_RAMP, iterations: int = 50,
-           seed: int = 0, loss_fn: Callable = F.cross_entropy) -> Advice:
+           rho: float = DEFAULT_RHO, rho_ramp: float = DEFAULT_RHO_RAMP, clip_factor: bool = DEFAULT_CLIP_FACTOR,
+           iterations: int = 50, seed: int = 0, loss_fn: Callable = F.cross_entropy) -> Advice:
     """The advice for `model` at its current weights, from its top Hessian eigenvalue on `batches`."""
     top = top_hessian_eigenvalue(model, batches, iterations=iterations, seed=seed, loss_fn=loss_fn)
     if not top > 0:
         raise ValueError(f"the top Hessian eigenvalue is {top:.3g}: no curvature to advise from")
-    sgdm, ab = stable_edges(check_delay(delay), float(momentum), float(rho), float(rho_ramp))
-    return Advice(top, delay, momentum, rho, rho_ramp, sgdm, ab)
+    sgdm, ab = stable_edges(check_delay(delay), float(momentum), float(rho), float(rho_ramp), bool(clip_factor))
+    return Advice(top, delay, momentum, rho, rho_ramp, clip_factor, sgdm, ab)
 
 
 def advise_config(config: TrainConfig, data: Optional[DataSplit] = None, *, batches: int = 8,
@@ -185,7 +191,7 @@ def advise_config(config: TrainConfig, data: Optional[DataSplit] = None, *, batc
     chosen = batch_indices(len(data.train), config.batch_size, config.seed, 0)[:batches]
     xy = [tuple(t.to(config.device) for t in collate(data.train, idx)) for idx in chosen]
     return advise(model, xy, delay=config.delay, momentum=config.momentum, rho=config.rho, rho_ramp=config.rho_ramp,
-                  iterations=iterations, seed=config.seed)
+                  clip_factor=config.clip_factor, iterations=iterations, seed=config.seed)
 
 
 FAR_BELOW = 4.0  # warn when the configured lr is this many times the advised one
@@ -195,7 +201,7 @@ ADVICE_MAX_WEIGHTS = 5_000_000  # `abray train` advises by itself only below thi
 def delay_warning(config: TrainConfig, advice: Advice) -> Optional[str]:
     """A warning when the config's lr is more than FAR_BELOW times the advised lr of its method at its delay."""
     advised = advice.lr_for(config.optimizer)
-    if config.delay == 0 or config.lr <= FAR_BELOW * advised:
+    if advised is None or config.delay == 0 or config.lr <= FAR_BELOW * advised:
         return None
     return (f"at delay {config.delay} the quadratic theory's largest stable lr for {config.optimizer} on this model "
             f"is {advised:.3g} (top Hessian eigenvalue {advice.top_eigenvalue:.3g} at initialisation), "

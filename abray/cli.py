@@ -101,7 +101,9 @@ def cmd_advise(args: argparse.Namespace) -> int:
           f"{config.batch_size}:")
     print("\n".join(advice.lines()))
     advised = advice.lr_for(config.optimizer)
-    print(f"configured: {config.optimizer}, lr {config.lr:g} ({config.lr / advised:.2g}x the advised {advised:.3g})")
+    if advised is not None:
+        print(f"configured: {config.optimizer}, lr {config.lr:g} ({config.lr / advised:.2g}x the advised "
+              f"{advised:.3g})")
     _warn([w for w in [delay_warning(config, advice)] if w])
     return 0
 

@@ -76,7 +76,6 @@ def simulate_quadratic(
     momentum: float = 0.9,
     w0=1.0,
     seed: Optional[int] = None,
-    separable: bool = False,
     **hyperparameters,
 ) -> np.ndarray:
     """Train independent quadratics at a fixed delay with the method `optimizer`; return their losses.
@@ -89,56 +88,43 @@ def simulate_quadratic(
     nesterov, weight_decay, dc_lambda, lookahead) go to the method. Starting weights are `w0` (a scalar
     or an array of the same shape), or standard normal draws when `seed` is given. Returns the losses
     sum_i lambda_i w_i^2 / 2, shape (steps + 1, P), in float64; a problem that overflows shows inf or nan.
-
-    `separable=True` runs P one-dimensional problems as the coordinates of a single tensor, one optimizer call a
-    step instead of P: the same trajectories for methods that update coordinate by coordinate (SGDM, the
-    staleness-aware lr, spike compensation, the look-ahead, DC-ASGD, AB with element granularity, which on one
-    coordinate is AB with any granularity up to `eps`), and much faster.
     """
     check_delay(delay)
     lam = torch.as_tensor(np.asarray(curvatures, dtype=np.float64))
     if lam.dim() == 1:
         lam = lam[:, None]
-    if lam.dim() != 2 or (separable and lam.shape[1] != 1):
-        raise ValueError(f"curvatures must have shape (P,){'' if separable else ' or (P, N)'}, "
-                         f"got {tuple(lam.shape)}")
+    if lam.dim() != 2:
+        raise ValueError(f"curvatures must have shape (P,) or (P, N), got {tuple(lam.shape)}")
     if seed is not None:
         w = torch.randn(lam.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     else:
         w = torch.as_tensor(np.broadcast_to(np.asarray(w0, dtype=np.float64), lam.shape).copy())
-    if separable:  # one tensor of P coordinates: its curvatures are lam[:, 0]
-        lam, w = lam.T, w.T
     params = [torch.nn.Parameter(row.clone()) for row in w]
     opt = build_optimizer(optimizer, [{"params": [p]} for p in params], delay, lr=lr, momentum=momentum,
                           **hyperparameters)
     updates = DelayedUpdates(params, opt, delay, predict=METHODS[optimizer].predicts)
-    losses = np.empty((steps + 1, lam.numel()))
-
-    def loss_now():
-        current = torch.stack([p.data for p in params])
-        half = 0.5 * lam * current * current
-        return (half[0] if separable else half.sum(1)).numpy()
-
+    losses = np.empty((steps + 1, lam.shape[0]))
     with torch.no_grad():
-        losses[0] = loss_now()
+        current = torch.stack([p.data for p in params])
+        losses[0] = (0.5 * lam * current * current).sum(1).numpy()
         for t in range(steps):
             updates.apply([l_p * w_p for l_p, w_p in zip(lam, updates.stale())])
-            losses[t + 1] = loss_now()
+            current = torch.stack([p.data for p in params])
+            losses[t + 1] = (0.5 * lam * current * current).sum(1).numpy()
     return losses
 
 
 def max_stable_eta_lambda_simulated(optimizer: str, delay: int, *, momentum: float = 0.9, steps: int = 3000,
-                                    grid=None, separable: bool = False, **hyperparameters) -> float:
+                                    grid=None, **hyperparameters) -> float:
     """The quadratic verdict for any method: the largest eta*lambda on `grid` up to which every grid point,
     from the smallest, ends `steps` updates below its starting loss (w0 = 1, lr = 1, lambda = eta*lambda).
 
     For SGDM this approaches `max_stable_eta_lambda` from below (to the grid's resolution); for nonlinear
-    methods (AB, DC-ASGD) it is the empirical edge of the region where training makes progress. `separable` as in
-    `simulate_quadratic`.
+    methods (AB, DC-ASGD) it is the empirical edge of the region where training makes progress.
     """
     grid = np.geomspace(1e-4, 4.0, 121) if grid is None else np.asarray(grid)
     losses = simulate_quadratic(grid, lr=1.0, delay=delay, steps=steps, optimizer=optimizer, momentum=momentum,
-                                separable=separable, **hyperparameters)
+                                **hyperparameters)
     with np.errstate(invalid="ignore"):
         ok = np.isfinite(losses[-1]) & (losses[-1] < losses[0])
     if not ok[0]:

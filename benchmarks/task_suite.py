@@ -41,7 +41,9 @@ SPEC_ONLY = ("id", "part", "task", "role", "rule", "variant", "split", "lr_scale
 BASE = dict(lr=0.03, batch_size=32, momentum=0.9, warmup_epochs=5, schedule="cosine")
 
 
-# --- candidate rules that are not (or not yet) ABSGD's own: benchmark-only optimizers -------------------------
+# --- candidate rules that are not ABSGD's own: benchmark-only optimizers ---------------------------------------
+# (`clip` is the rule ABSGD adopted as clip_factor=True after the selection parts ran with this variant; their
+# results stay those of this variant, which clips by a per-tensor rho instead of a zero gradient.)
 
 def _variant_optimizer(variant: str, config, params):
     """The optimizer of a candidate rule, or None for the registry's (`config.optimizer`)."""
@@ -83,7 +85,7 @@ def _variant_optimizer(variant: str, config, params):
     if variant == "clip":
         return ClippedABSGD(params, rho_ramp=config.rho_ramp, **kw)
     if variant == "rho_warmup":
-        opt = RhoWarmupABSGD(params, rho_ramp=0, **kw)
+        opt = RhoWarmupABSGD(params, rho_ramp=0, clip_factor=False, **kw)
         for group in opt.param_groups:
             group["peak_rho"] = group["rho"]
             group["initial_lr"] = group["lr"]
@@ -101,12 +103,12 @@ def _data(dataset: str, validation: bool):
 
 
 @functools.lru_cache(maxsize=64)
-def _advice(dataset, model, seed, validation, delay, momentum, rho, rho_ramp):
+def _advice(dataset, model, seed, validation, delay, momentum, rho, rho_ramp, clip_factor):
     from abray.advisor import advise_config
     from abray.training.config import parse_config
 
     config = parse_config(dict(dataset=dataset, model=model, seed=seed, delay=delay, momentum=momentum, rho=rho,
-                               rho_ramp=rho_ramp))
+                               rho_ramp=rho_ramp, clip_factor=clip_factor))
     return advise_config(config, _data(dataset, validation))
 
 
@@ -125,11 +127,12 @@ def run_one(spec: dict) -> dict:
     config = parse_config(values)
     data = _data(config.dataset, spec["split"] == "validation")
     advised = None
-    if spec.get("lr_rule") in ("advised", "advised_scaled"):
+    if spec.get("lr_rule") in ("advised", "advised_unclipped", "advised_scaled"):
         advised = _advice(config.dataset, config.model, config.seed, spec["split"] == "validation", config.delay,
-                          config.momentum, config.rho, config.rho_ramp).lr_for(config.optimizer)
+                          config.momentum, config.rho, config.rho_ramp,
+                          config.clip_factor and spec["lr_rule"] != "advised_unclipped").lr_for(config.optimizer)
         # "advised": the configured lr, lowered to the advised one; "advised_scaled": lr_scale times the advised
-        lr = min(config.lr, advised) if spec["lr_rule"] == "advised" else spec["lr_scale"] * advised
+        lr = spec["lr_scale"] * advised if spec["lr_rule"] == "advised_scaled" else min(config.lr, advised)
         config = config.model_copy(update={"lr": lr})
     torch.manual_seed(config.seed)
     model = build_model(config.model, data.num_classes)
@@ -190,40 +193,42 @@ def grid(base: list[dict], **axes) -> list[dict]:
 
 RULES_AT_DELAY = {  # candidate rules at large delay: name -> config values (and variant)
     "sgdm": dict(optimizer="sgdm"),
-    "ab const 1.5": dict(optimizer="ab", rho=1.5, rho_ramp=0.0),
-    "ab ramp 1.0": dict(optimizer="ab", rho=1.0, rho_ramp=4.0),
-    "ab ramp 1.5": dict(optimizer="ab", rho=1.5, rho_ramp=4.0),
-    "ab ramp 2.0": dict(optimizer="ab", rho=2.0, rho_ramp=4.0),
-    "ab ramp 1.5 global": dict(optimizer="ab", rho=1.5, rho_ramp=4.0, granularity="global"),
+    "ab const 1.5": dict(optimizer="ab", rho=1.5, rho_ramp=0.0, clip_factor=False),
+    "ab ramp 1.0": dict(optimizer="ab", rho=1.0, rho_ramp=4.0, clip_factor=False),
+    "ab ramp 1.5": dict(optimizer="ab", rho=1.5, rho_ramp=4.0, clip_factor=False),
+    "ab ramp 2.0": dict(optimizer="ab", rho=2.0, rho_ramp=4.0, clip_factor=False),
+    "ab ramp 1.5 global": dict(optimizer="ab", rho=1.5, rho_ramp=4.0, clip_factor=False, granularity="global"),
     "ab ramp 1.5 clip": dict(optimizer="ab", rho=1.5, rho_ramp=4.0, variant="clip"),
     "ab ramp 3.0 clip": dict(optimizer="ab", rho=3.0, rho_ramp=4.0, variant="clip"),
-    "ab ramp 1.5 lr/2": dict(optimizer="ab", rho=1.5, rho_ramp=4.0, lr=0.015, lr_scale=0.5),
-    "ab ramp 1.5 lr/4": dict(optimizer="ab", rho=1.5, rho_ramp=4.0, lr=0.0075, lr_scale=0.25),
+    "ab ramp 1.5 lr/2": dict(optimizer="ab", rho=1.5, rho_ramp=4.0, clip_factor=False, lr=0.015, lr_scale=0.5),
+    "ab ramp 1.5 lr/4": dict(optimizer="ab", rho=1.5, rho_ramp=4.0, clip_factor=False, lr=0.0075, lr_scale=0.25),
     "staleness_lr": dict(optimizer="staleness_lr"),
 }
 RULES_AT_ZERO = {  # the short-run trap at D = 0
     "sgdm": dict(optimizer="sgdm"),
-    "ab const 1.5": dict(optimizer="ab", rho=1.5, rho_ramp=0.0),
+    "ab const 1.5": dict(optimizer="ab", rho=1.5, rho_ramp=0.0, clip_factor=False),
     "ab const 1.5 clip": dict(optimizer="ab", rho=1.5, rho_ramp=0.0, variant="clip"),
     "ab rho warmup 1.5": dict(optimizer="ab", rho=1.5, variant="rho_warmup"),
-    "ab ramp 1.5": dict(optimizer="ab", rho=1.5, rho_ramp=4.0),
+    "ab ramp 1.5": dict(optimizer="ab", rho=1.5, rho_ramp=4.0, clip_factor=False),
 }
 
 
 RULES_ROUND_TWO = {  # the leaders of `rule`, alone and combined, 3 seeds
     "sgdm": dict(optimizer="sgdm"),
-    "ab ramp 1.5": dict(optimizer="ab", rho=1.5, rho_ramp=4.0),
+    "ab ramp 1.5": dict(optimizer="ab", rho=1.5, rho_ramp=4.0, clip_factor=False),
     "ab ramp 1.5 clip": dict(optimizer="ab", rho=1.5, rho_ramp=4.0, variant="clip"),
-    "ab ramp 1.5 advised lr": dict(optimizer="ab", rho=1.5, rho_ramp=4.0, lr_rule="advised"),
-    "ab ramp 1.5 clip advised lr": dict(optimizer="ab", rho=1.5, rho_ramp=4.0, variant="clip", lr_rule="advised"),
-    "ab ramp 1.5 lr/2": dict(optimizer="ab", rho=1.5, rho_ramp=4.0, lr=0.015, lr_scale=0.5),
+    "ab ramp 1.5 advised lr": dict(optimizer="ab", rho=1.5, rho_ramp=4.0, clip_factor=False, lr_rule="advised"),
+    # (run when the advisor had no clipped edge: its lr is the advice for AB without clipping)
+    "ab ramp 1.5 clip, unclipped advised lr": dict(optimizer="ab", rho=1.5, rho_ramp=4.0, variant="clip",
+                                                   lr_rule="advised_unclipped"),
+    "ab ramp 1.5 lr/2": dict(optimizer="ab", rho=1.5, rho_ramp=4.0, clip_factor=False, lr=0.015, lr_scale=0.5),
     "ab ramp 1.5 clip lr/2": dict(optimizer="ab", rho=1.5, rho_ramp=4.0, variant="clip", lr=0.015, lr_scale=0.5),
 }
-RAMPS = {  # how fast braking grows with staleness, at small delays
+RAMPS = {  # how fast braking grows with staleness, at small delays (with the factor clipped, as `rule2` chose)
     "sgdm": dict(optimizer="sgdm"),
-    "ab ramp 1 (full from D = 1)": dict(optimizer="ab", rho=1.5, rho_ramp=1.0),
-    "ab ramp 4": dict(optimizer="ab", rho=1.5, rho_ramp=4.0),
-    "ab ramp 16": dict(optimizer="ab", rho=1.5, rho_ramp=16.0),
+    "ab clip ramp 1 (full from D = 1)": dict(optimizer="ab", rho=1.5, rho_ramp=1.0, variant="clip"),
+    "ab clip ramp 4": dict(optimizer="ab", rho=1.5, rho_ramp=4.0, variant="clip"),
+    "ab clip ramp 16": dict(optimizer="ab", rho=1.5, rho_ramp=16.0, variant="clip"),
 }
 
 

@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch.optim import Optimizer
 
-from .functional import GRANULARITIES, absgd
+from .functional import GRANULARITIES, absgd, cosines
 from .staleness import check_delay
 
 # Chosen on the task suite's selection tasks (benchmarks/task_suite.py; docs/when-ab-works.md). Training runs take
@@ -19,6 +19,7 @@ from .staleness import check_delay
 DEFAULT_RHO = 1.5
 DEFAULT_GRANULARITY = "tensor"
 DEFAULT_RHO_RAMP = 4.0  # braking reaches full strength at this staleness; none at staleness 0
+DEFAULT_CLIP_FACTOR = True  # a negative factor 1 - rho c is clipped to 0: aligned gradients stop, never reverse
 
 
 def braking_strength(rho: float, staleness: Optional[int], rho_ramp: float) -> float:
@@ -54,6 +55,7 @@ def check_hyperparameters(
     granularity: str,
     eps: float,
     rho_ramp: float = DEFAULT_RHO_RAMP,
+    clip_factor: bool = DEFAULT_CLIP_FACTOR,
 ) -> None:
     """Raise ValueError naming the first hyperparameter outside its allowed range."""
     check_sgd_hyperparameters(lr, momentum, weight_decay)
@@ -65,6 +67,8 @@ def check_hyperparameters(
         raise ValueError(f"eps must be > 0, got {eps!r}")
     if not rho_ramp >= 0.0:
         raise ValueError(f"rho_ramp must be >= 0, got {rho_ramp!r}")
+    if not isinstance(clip_factor, bool):
+        raise ValueError(f"clip_factor must be True or False, got {clip_factor!r}")
     if nesterov and momentum == 0:
         raise ValueError("nesterov=True requires momentum in (0, 1), got momentum=0")
 
@@ -73,9 +77,10 @@ class ABSGD(Optimizer):
     r"""SGD with momentum and Adaptive Braking (Venigalla et al. 2020, arXiv 2007.01397).
 
     Before the momentum update each gradient is scaled by ``1 - rho_t * c``, where ``c`` is the cosine
-    between the gradient (after weight decay) and the current velocity. Gradients that keep pushing
-    along the velocity are braked; gradients that oppose it (an overshoot) are amplified. This damps
-    the oscillations that stale gradients cause along high-curvature directions.
+    between the gradient (after weight decay) and the current velocity, clipped at 0 (``clip_factor``).
+    Gradients that keep pushing along the velocity are braked, and stopped when ``c > 1 / rho_t``;
+    gradients that oppose it (an overshoot) are amplified. This damps the oscillations that stale
+    gradients cause along high-curvature directions.
 
     The strength follows each update's staleness s (how many updates old its gradient is):
     ``rho_t = rho * min(1, s / rho_ramp)`` (`braking_strength`). Fresh gradients are not braked, so
@@ -103,6 +108,8 @@ class ABSGD(Optimizer):
         eps: added to ``||g|| ||v||`` so that a zero gradient or velocity gives ``c = 0`` (> 0).
         foreach: use the multi-tensor kernel; ``None`` picks it when every parameter is on CUDA.
         rho_ramp: the staleness at which braking reaches ``rho`` (>= 0; 0: always ``rho``).
+        clip_factor: clip a negative factor ``1 - rho_t c`` to 0, so a gradient aligned with the velocity
+            (``c > 1 / rho_t``) is stopped rather than reversed (tensor and global granularity).
         delay: the staleness of every gradient, until ``prepare`` says otherwise; ``None``: unknown.
     """
 
@@ -118,6 +125,7 @@ class ABSGD(Optimizer):
         eps: float = 1e-8,
         foreach: Optional[bool] = None,
         rho_ramp: float = DEFAULT_RHO_RAMP,
+        clip_factor: bool = DEFAULT_CLIP_FACTOR,
         delay: Optional[int] = None,
     ):
         defaults = dict(
@@ -130,6 +138,7 @@ class ABSGD(Optimizer):
             eps=eps,
             foreach=foreach,
             rho_ramp=rho_ramp,
+            clip_factor=clip_factor,
         )
         check_hyperparameters(**{k: v for k, v in defaults.items() if k != "foreach"})
         self.staleness = None if delay is None else check_delay(delay)
@@ -139,12 +148,13 @@ class ABSGD(Optimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         check_hyperparameters(**{k: group[k] for k in ("lr", "momentum", "weight_decay", "nesterov", "rho",
-                                                        "granularity", "eps", "rho_ramp")})
+                                                        "granularity", "eps", "rho_ramp", "clip_factor")})
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
-        for group in self.param_groups:  # state dicts saved before rho_ramp existed braked at full strength
+        for group in self.param_groups:  # state dicts saved before these existed: the paper's AB, as then
             group.setdefault("rho_ramp", 0.0)
+            group.setdefault("clip_factor", False)
 
     def prepare(self, staleness: int, source=None) -> None:
         """The staleness of the gradients the next ``step()`` applies (and those after it, until told
@@ -170,20 +180,33 @@ class ABSGD(Optimizer):
                 grads.append(p.grad)
                 bufs.append(self.state[p].get("momentum_buffer"))
 
-            absgd(
-                params,
-                grads,
-                bufs,
-                lr=group["lr"],
-                momentum=group["momentum"],
-                weight_decay=group["weight_decay"],
-                nesterov=group["nesterov"],
-                rho=braking_strength(group["rho"], self.staleness, group["rho_ramp"]),
-                granularity=group["granularity"],
-                eps=group["eps"],
-                foreach=group["foreach"],
-            )
+            rho = braking_strength(group["rho"], self.staleness, group["rho_ramp"])
+            grads, weight_decay = self._clip(group, rho, params, grads, bufs)
+            absgd(params, grads, bufs, lr=group["lr"], momentum=group["momentum"], weight_decay=weight_decay,
+                  nesterov=group["nesterov"], rho=rho, granularity=group["granularity"], eps=group["eps"],
+                  foreach=group["foreach"])
             if group["momentum"] != 0:
                 for p, buf in zip(params, bufs):
                     self.state[p]["momentum_buffer"] = buf
         return loss
+
+    @staticmethod
+    def _clip(group: dict, rho: float, params, grads, bufs) -> tuple[list, float]:
+        """The gradients and weight decay to hand the kernel so that a factor 1 - rho c < 0 is clipped to 0.
+
+        Where it would be negative (c > 1 / rho, per tensor or for all tensors at once) the decayed gradient is
+        replaced by zeros, which the kernel leaves unscaled (c = 0): the velocity coasts. The kernel then gets the
+        decayed gradients and no weight decay. A stopped tensor's velocity decays until |g| |v| falls to about
+        `eps`, where c does too, so a gradient that stays aligned gets through again. Element granularity is not
+        clipped: sign(g v) never fades, so a stopped coordinate could stay stopped for good.
+        """
+        if (not group["clip_factor"] or rho <= 1.0 or group["momentum"] == 0 or group["granularity"] == "element"
+                or all(b is None for b in bufs)):
+            return grads, group["weight_decay"]  # |c| <= 1, so only rho > 1 makes a factor negative
+        wd = group["weight_decay"]
+        decayed = grads if wd == 0 else [g.add(p, alpha=wd) for g, p in zip(grads, params)]
+        c = cosines(decayed, bufs, group["granularity"], group["eps"], foreach=bool(group["foreach"]))
+        stopped = [bool(rho * ci > 1.0) for ci in c]
+        if not any(stopped):
+            return grads, wd
+        return [torch.zeros_like(g) if stop else g for g, stop in zip(decayed, stopped)], 0.0

@@ -20,7 +20,7 @@ import pandas as pd
 from ..training.epochs import EpochMetrics
 
 CONFIG_COLUMNS = [
-    "dataset", "model", "optimizer", "lr", "momentum", "rho", "granularity", "rho_ramp", "dc_lambda", "lookahead",
+    "dataset", "model", "optimizer", "lr", "momentum", "rho", "granularity", "rho_ramp", "clip_factor", "dc_lambda", "lookahead",
     "weight_decay", "nesterov", "mode", "workers", "device",
     "delay", "epochs", "batch_size", "warmup_epochs", "schedule", "seed",
 ]

@@ -27,8 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..training.config import ConfigError, TrainConfig, format_validation_error, load_config_file
 
-GRID_FIELDS = ("delay", "optimizer", "lr", "momentum", "rho", "granularity", "rho_ramp", "weight_decay", "seed",
-               "dc_lambda", "lookahead", "nesterov", "batch_size", "model", "device")
+GRID_FIELDS = ("delay", "optimizer", "lr", "momentum", "rho", "granularity", "rho_ramp", "clip_factor", "weight_decay",
+               "seed", "dc_lambda", "lookahead", "nesterov", "batch_size", "model", "device")
 SWEEP_FIELDS = ("name", "grid", "search", "num_samples", "scheduler", "max_trials", "storage", "max_concurrent")
 
 

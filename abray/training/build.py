@@ -17,7 +17,7 @@ def build_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
     return build_method(
         config.optimizer, params, config.delay, lr=config.lr, momentum=config.momentum,
         weight_decay=config.weight_decay, nesterov=config.nesterov, rho=config.rho, granularity=config.granularity,
-        rho_ramp=config.rho_ramp, dc_lambda=config.dc_lambda, lookahead=config.lookahead,
+        rho_ramp=config.rho_ramp, clip_factor=config.clip_factor, dc_lambda=config.dc_lambda, lookahead=config.lookahead,
     )
 
 

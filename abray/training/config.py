@@ -15,7 +15,7 @@ from typing import Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..optim.absgd import DEFAULT_GRANULARITY, DEFAULT_RHO, DEFAULT_RHO_RAMP
+from ..optim.absgd import DEFAULT_CLIP_FACTOR, DEFAULT_GRANULARITY, DEFAULT_RHO, DEFAULT_RHO_RAMP
 from ..optim.functional import GRANULARITIES
 from ..optim.methods import METHODS
 from ..optim.peers import DEFAULT_DC_LAMBDA, DEFAULT_LOOKAHEAD
@@ -71,6 +71,7 @@ class TrainConfig(BaseModel):
     granularity: Literal[GRANULARITIES] = DEFAULT_GRANULARITY
     rho_ramp: float = Field(DEFAULT_RHO_RAMP, ge=0, le=1000,
                             description="AB brakes with rho * min(1, staleness / rho_ramp); 0: always rho")
+    clip_factor: bool = Field(DEFAULT_CLIP_FACTOR, description="clip AB's factor 1 - rho c at 0 (stop, not reverse)")
     dc_lambda: float = Field(DEFAULT_DC_LAMBDA, ge=0, description="DC-ASGD's lambda0")
     lookahead: float = Field(DEFAULT_LOOKAHEAD, ge=0, le=1, description="Nesterov look-ahead strength")
     weight_decay: float = Field(0.0, ge=0)

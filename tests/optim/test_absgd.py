@@ -305,16 +305,17 @@ def test_without_delay_or_prepare_ab_brakes_at_full_strength():
     assert same_weights(a, b)
 
 
-def test_a_state_dict_from_before_the_ramp_keeps_braking_at_full_strength():
+def test_a_state_dict_from_before_the_ramp_and_clipping_keeps_the_papers_ab():
     model = make_model()
     opt = ABSGD(model.parameters(), lr=0.05, rho=1.5)
     train(model, opt, 5)
     saved = opt.state_dict()
     for group in saved["param_groups"]:
-        del group["rho_ramp"]
+        del group["rho_ramp"], group["clip_factor"]
     again = ABSGD(make_model().parameters(), lr=0.05)
     again.load_state_dict(saved)
     assert again.param_groups[0]["rho_ramp"] == 0.0 and again.param_groups[0]["rho"] == 1.5
+    assert again.param_groups[0]["clip_factor"] is False
 
 
 def test_bad_staleness_and_ramp_are_named():
@@ -324,3 +325,59 @@ def test_bad_staleness_and_ramp_are_named():
         ABSGD(make_model().parameters(), lr=0.1, delay=-2)
     with pytest.raises(ValueError, match="delay must be an integer >= 0, got 1.5"):
         ABSGD(make_model().parameters(), lr=0.1).prepare(staleness=1.5)
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_a_negative_factor_is_clipped_to_zero_and_the_velocity_coasts(foreach, nesterov):
+    # Two tensors, velocity (1, 0) each. a: g = (2, 0), c = 1, 1 - 1.5 c < 0: stopped. b: g = (1, 1), c = 1/sqrt(2),
+    # factor 1 - 1.5/sqrt(2) = -0.06: stopped too with clipping; c: g = (1, 3), c = 1/sqrt(10): braked, not stopped.
+    def run(clip_factor):
+        ws = [torch.zeros(2, requires_grad=True) for _ in range(3)]
+        opt = ABSGD(ws, lr=0.1, momentum=0.5, rho=1.5, nesterov=nesterov, foreach=foreach, clip_factor=clip_factor)
+        for w, g in zip(ws, ([2.0, 0.0], [1.0, 1.0], [1.0, 3.0])):
+            opt.state[w]["momentum_buffer"] = torch.tensor([1.0, 0.0])
+            w.grad = torch.tensor(g)
+        opt.step()
+        return [opt.state[w]["momentum_buffer"] for w in ws], [w.detach() for w in ws]
+
+    bufs, ws = run(clip_factor=True)
+    torch.testing.assert_close(bufs[0], torch.tensor([0.5, 0.0]))  # m v + 0
+    torch.testing.assert_close(bufs[1], torch.tensor([0.5, 0.0]))
+    f = 1 - 1.5 / 10 ** 0.5
+    torch.testing.assert_close(bufs[2], torch.tensor([0.5 + f, 3 * f]))
+    step = [0.5 * b for b in bufs[:2]] if nesterov else bufs[:2]  # nesterov: lr (g' + m v) with g' = 0
+    torch.testing.assert_close(ws[0], -0.1 * step[0])
+    torch.testing.assert_close(ws[1], -0.1 * step[1])
+    unclipped, _ = run(clip_factor=False)
+    torch.testing.assert_close(unclipped[0], torch.tensor([0.5 - 1.0, 0.0]))  # factor -0.5 reverses g
+
+
+def test_clipping_with_weight_decay_stops_the_decayed_gradient_and_global_cosine_stops_all():
+    w = torch.tensor([1.0, 0.0], requires_grad=True)
+    u = torch.tensor([0.0, 1.0], requires_grad=True)
+    opt = ABSGD([w, u], lr=0.1, momentum=0.9, rho=2.0, weight_decay=0.5, granularity="global")
+    opt.state[w]["momentum_buffer"] = torch.tensor([1.0, 0.0])
+    opt.state[u]["momentum_buffer"] = torch.tensor([0.0, 1.0])
+    w.grad, u.grad = torch.tensor([0.5, 0.0]), torch.tensor([0.0, 0.5])  # decayed: (1, 0) and (0, 1): c = 1
+    opt.step()
+    torch.testing.assert_close(opt.state[w]["momentum_buffer"], torch.tensor([0.9, 0.0]))
+    torch.testing.assert_close(w.detach(), torch.tensor([1.0 - 0.09, 0.0]))
+    torch.testing.assert_close(u.detach(), torch.tensor([0.0, 1.0 - 0.09]))
+
+
+def test_element_granularity_is_not_clipped():
+    a, b = make_model(), make_model()
+    train(a, ABSGD(a.parameters(), lr=0.05, rho=1.5, granularity="element"), 30)
+    train(b, ABSGD(b.parameters(), lr=0.05, rho=1.5, granularity="element", clip_factor=False), 30)
+    assert same_weights(a, b)
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "global"])
+def test_clipped_foreach_and_single_tensor_paths_agree(granularity):
+    a, b = make_model(), make_model()
+    kw = dict(lr=0.05, rho=2.0, granularity=granularity, weight_decay=1e-2)  # 74 (tensor), 32 (global) stops
+    train(a, ABSGD(a.parameters(), foreach=False, **kw), 60)
+    train(b, ABSGD(b.parameters(), foreach=True, **kw), 60)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)

@@ -80,26 +80,27 @@ def test_advised_sgdm_lr_is_the_edge_of_convergence_on_a_quadratic(delay):
         assert (end - optimum < 1e-3 * (start - optimum)) == converges, (factor, start, end)
 
 
-def test_advised_ab_lr_converges_at_half_and_diverges_far_above_on_a_quadratic():
-    model, x, y = regression()
+def test_advised_ab_lr_converges_at_half_and_diverges_far_above_on_a_one_dimensional_quadratic():
+    model, x, y = regression(d=1)  # one weight: exactly the theory's quadratic
     advice = advise(model, [(x, y)], delay=8, momentum=0.9, rho=1.5, loss_fn=F.mse_loss)
     assert advice.ab_lr > 5 * advice.sgdm_lr  # braking widens the stable range
     results = {}
     for factor in (0.5, 8.0):
-        model, x, y = regression()
-        # element granularity: every coordinate brakes alone, as on the one-dimensional quadratics of the theory
-        opt = lambda ps: ABSGD(ps, lr=factor * advice.ab_lr, rho=1.5, granularity="element")  # noqa: E731
+        model, x, y = regression(d=1)
+        opt = lambda ps: ABSGD(ps, lr=factor * advice.ab_lr, rho=1.5)  # noqa: E731
         results[factor] = train_quadratic(model, x, y, opt, 8)
     assert results[0.5][1] < results[0.5][0]
     assert not results[8.0][1] < results[8.0][0]
 
 
 def test_stable_edges_are_the_theorys():
-    assert stable_edges(0, 0.9, 1.5, 4.0) == (pytest.approx(3.8, rel=1e-6),) * 2  # no staleness: AB is SGDM
-    sgdm, ab = stable_edges(0, 0.9, 1.5, 0.0)  # braking at D = 0 too
+    assert stable_edges(0, 0.9, 1.5, 4.0, True) == (pytest.approx(3.8, rel=1e-6),) * 2  # no staleness: SGDM
+    sgdm, ab = stable_edges(0, 0.9, 1.5, 0.0, False)  # braking at D = 0 too
     assert sgdm == pytest.approx(3.8, rel=1e-6) and ab < 3.8
-    sgdm32, ab32 = stable_edges(32, 0.9, 1.5, 4.0)
+    sgdm32, ab32 = stable_edges(32, 0.9, 1.5, 4.0, False)
     assert sgdm32 == pytest.approx(0.0041, abs=5e-5) and 5 * sgdm32 < ab32 < 0.1
+    _, clipped32 = stable_edges(32, 0.9, 1.5, 4.0, True)
+    assert clipped32 > 10 * ab32  # stopping aligned gradients instead of reversing them
 
 
 def test_advise_config_uses_the_runs_model_and_delay():
@@ -110,10 +111,11 @@ def test_advise_config_uses_the_runs_model_and_delay():
 
 
 def test_delay_warning_when_the_lr_is_far_above_the_advice():
-    advice = Advice(top_eigenvalue=10.0, delay=32, momentum=0.9, rho=1.5, rho_ramp=4.0, sgdm_edge=0.004,
-                    ab_edge=0.05)  # advised: SGDM 4e-4, AB 5e-3
+    advice = Advice(top_eigenvalue=10.0, delay=32, momentum=0.9, rho=1.5, rho_ramp=4.0, clip_factor=True,
+                    sgdm_edge=0.004, ab_edge=0.05)  # advised: SGDM 4e-4, AB 5e-3
     far = parse_config({"optimizer": "sgdm", "delay": 32, "lr": 0.03})
     warning = delay_warning(far, advice)
     assert "0.0004" in warning and "75x below the configured lr 0.03" in warning
     assert delay_warning(parse_config({"optimizer": "ab", "delay": 32, "lr": 0.015}), advice) is None  # 3x
     assert delay_warning(parse_config({"optimizer": "sgdm", "delay": 0, "lr": 0.03}), advice) is None
+    assert delay_warning(parse_config({"optimizer": "spike", "delay": 32, "lr": 0.03}), advice) is None  # no edge
