@@ -22,7 +22,6 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -150,20 +149,21 @@ def _normalised(vector: list[Tensor]) -> list[Tensor]:
     return [v / norm for v in vector]
 
 
-AB_EDGE_GRID = np.geomspace(1e-4, 4.0, 61)  # eta * lambda values AB's edge is simulated at (19% apart)
+AB_EDGE_STEPS = 1000  # updates after which the simulated quadratic must be below its start
 
 
 @functools.lru_cache(maxsize=256)
 def stable_edges(delay: int, momentum: float, rho: float, rho_ramp: float, clip_factor: bool) -> tuple[float, float]:
     """(SGDM's, AB's) largest stable eta * lambda at `delay` on one-dimensional quadratics. AB's is simulated with
-    its real optimizer on AB_EDGE_GRID: 3,000 updates from w0 = 1 must end below the start, for every grid point
-    up to it (`max_stable_eta_lambda_simulated`)."""
+    its real optimizer (`max_stable_eta_lambda_simulated`): AB_EDGE_STEPS updates from w0 = 1 must end below the
+    start, at every point of the theory's grid up to it. With the factor clipped, the stable region has holes
+    and slow transients, so fewer updates give a smaller, more cautious edge."""
     check_delay(delay)
     sgdm = max_stable_eta_lambda(momentum, delay)
     if braking_strength(rho, delay, rho_ramp) == 0:  # nothing stale enough to brake: AB is SGDM
         return sgdm, sgdm
     ab = max_stable_eta_lambda_simulated("ab", delay, momentum=momentum, rho=rho, rho_ramp=rho_ramp,
-                                         clip_factor=clip_factor, grid=AB_EDGE_GRID)
+                                         clip_factor=clip_factor, steps=AB_EDGE_STEPS)
     return sgdm, ab
 
 

