@@ -18,7 +18,7 @@ from .staleness import check_delay
 # their defaults from here too (abray.training.config).
 DEFAULT_RHO = 1.5
 DEFAULT_GRANULARITY = "tensor"
-DEFAULT_RHO_RAMP = 4.0  # braking reaches full strength at this staleness; none at staleness 0
+DEFAULT_RHO_RAMP = 8.0  # braking reaches full strength at this staleness; none at staleness 0
 DEFAULT_CLIP_FACTOR = True  # a negative factor 1 - rho c is clipped to 0: aligned gradients stop, never reverse
 
 
