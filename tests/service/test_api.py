@@ -9,7 +9,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from abray.results import CONFIG_COLUMNS, METRIC_COLUMNS, summarize
+from abray.results import CONFIG_COLUMNS, METRIC_COLUMNS
 from support.service import ApiServer, finish_jobs
 
 TINY = {"name": "tiny", "epochs": 2, "batch_size": 64, "grid": {"optimizer": ["sgdm", "ab"], "delay": [0, 8]}}
@@ -28,8 +28,9 @@ def metric_rows(server, job_id) -> int:
 
 
 def test_full_job_from_submission_to_results(api_server):
+    spec = dict(TINY, grid={"delay": [0, 8], "rho": [0.5, 1.5]})  # AB at two brake strengths
     with api_server.client() as client:
-        job = submit(client, TINY)
+        job = submit(client, spec)
         assert job["status"] == "queued" and job["progress"]["total"] == 4 and job["progress"]["pending"] == 4
         done = api_server.wait_for(job["id"], lambda j: j["status"] not in ("queued", "running"))
         assert done["status"] == "succeeded", done
@@ -39,8 +40,8 @@ def test_full_job_from_submission_to_results(api_server):
 
         trials = client.get(f"/jobs/{job['id']}/trials").json()
         assert len(trials) == 4 and all(t["status"] == "succeeded" and t["epochs_reported"] == 2 for t in trials)
-        assert {(t["config"]["optimizer"], t["config"]["delay"]) for t in trials} == {
-            (o, d) for o in ("sgdm", "ab") for d in (0, 8)}
+        assert {(t["config"]["rho"], t["config"]["delay"]) for t in trials} == {
+            (r, d) for r in (0.5, 1.5) for d in (0, 8)}
 
     base = f"{api_server.url}/jobs/{job['id']}/results"
     csv = pd.read_csv(f"{base}?format=csv")  # pandas reads the URLs directly
@@ -53,12 +54,14 @@ def test_full_job_from_submission_to_results(api_server):
     assert parquet.test_accuracy.tolist() == pytest.approx(csv.test_accuracy.tolist())
     assert (parquet.test_accuracy > 0.1).all()  # two epochs on digits learn something
 
+    # the summary keeps the two rho apart (seed is the only thing pooled), in percent like `abray results`
     summary = httpx.get(f"{api_server.url}/jobs/{job['id']}/summary").json()
-    expected = summarize(parquet)
-    assert len(summary["rows"]) == 4
+    assert summary["group_by"] == ["optimizer", "delay", "rho"] and len(summary["rows"]) == 4
+    last = parquet[parquet.epoch == 2]
     for row in summary["rows"]:
-        match = expected[(expected.optimizer == row["optimizer"]) & (expected.delay == row["delay"])]
-        assert row["mean"] == pytest.approx(float(match["mean"].iloc[0])) and row["count"] == 1
+        match = last[(last.delay == row["delay"]) & (last.rho == row["rho"])]
+        assert len(match) == 1 and row["count"] == 1 and row["accuracy_std"] is None
+        assert row["accuracy_mean"] == pytest.approx(100 * float(match.test_accuracy.iloc[0]))
 
 
 def test_bad_input_is_refused_and_leaves_no_row(api_server):
