@@ -171,6 +171,24 @@ def _port_is_free(host: str, port: int) -> bool:
             return False
 
 
+def _check_database(settings) -> None:
+    """Open the service's database once before it starts, so that a bad URL, a server that does not answer or a
+    database of another schema version is a message, not a traceback from the server's start-up."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .service import store
+
+    settings.storage.mkdir(parents=True, exist_ok=True)
+    try:
+        store.connect(settings.database).dispose()
+    except store.SchemaError as err:
+        raise ConfigError(str(err)) from None
+    except SQLAlchemyError as err:
+        url = make_url(settings.database).render_as_string(hide_password=True)
+        raise ConfigError(f"cannot use the database {url}: {str(err).splitlines()[0]}") from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """The job service: FastAPI on uvicorn. Flags become ABRAY_* settings (see abray/service/settings.py)."""
     flags = {"storage": args.storage, "database_url": args.database, "max_running_jobs": args.max_running_jobs,
@@ -185,6 +203,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.stop:
         background.stop_service(settings.storage)
         return 0
+    _check_database(settings)
     if not _port_is_free(args.host, args.port):
         raise ConfigError(f"port {args.port} on {args.host} is in use (another `abray serve`? `abray serve --stop` "
                           "stops the one of this storage); choose another with --port")

@@ -1,6 +1,7 @@
 """`abray` in this process (no Ray, no service): --help lists allowed values and defaults, and user errors end with
 a message, not a traceback."""
 
+import os
 import re
 
 from abray.cli import build_parser, main, run_label
@@ -64,3 +65,17 @@ def test_user_errors_end_with_a_message_not_a_traceback(tmp_path, monkeypatch, c
         assert main(list(args)) == 2, args  # an exception would fail the test with its traceback
         err = capsys.readouterr().err
         assert err.startswith(f"abray {args[0]}: ") and message in err, (args, err)
+
+
+def test_serve_refuses_a_database_it_cannot_use_with_a_message(tmp_path, capsys):
+    environ = dict(os.environ)  # `abray serve` turns its flags into ABRAY_* variables: put them back after
+    try:
+        for url, message in [("nosuch://x", "Can't load plugin: sqlalchemy.dialects:nosuch"),
+                             ("postgresql://someone:secret@127.0.0.1:1/db", "Connection refused")]:
+            assert main(["serve", "--database", url, "--storage", str(tmp_path), "--port", "1"]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith("abray serve: cannot use the database ") and message in err, err
+            assert "secret" not in err  # the password stays hidden
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
