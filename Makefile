@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 INSTALLED_TEST := $(VENV)/.installed-test
-DEMO_FLAGS ?=
+DEMO_FLAGS ?=  # more `abray demo` flags, e.g. `make demo DEMO_FLAGS="--epochs 5"` (tests/test_quickstart.py: 1 epoch)
 
 .PHONY: demo test bench clean
 
