@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from ..results.schema import metric_row
-from ..training.checkpoints import remove_if_empty
+from ..training.checkpoints import remove_folder
 from ..training.config import ConfigError, TrainConfig
 from .spec import SweepSpec
 
@@ -161,6 +161,7 @@ def run_sweep(spec: SweepSpec, resume: bool = False, write: Callable[[str], None
         )
     start = time.perf_counter()
     tuner.fit()
-    remove_if_empty(checkpoints)
+    # every trial is over: what a stopped or cancelled trial left behind goes too, unless checkpoints are kept
+    remove_folder(checkpoints, only_if_empty=any(t.get("keep_checkpoints") for t in spec.trials))
     write(f"sweep finished in {time.perf_counter() - start:.0f} s: {path}")
     return path

@@ -47,13 +47,10 @@ class RunFolder:
         self.checkpoint = f"{self.path}/{CHECKPOINT_FILE}"
         self.checkpoint_uri = f"{self.uri}/{CHECKPOINT_FILE}"
 
-    def _exists(self, path: str) -> bool:
+    def has_checkpoint(self) -> bool:
         from pyarrow import fs
 
-        return self.fs.get_file_info(path).type != fs.FileType.NotFound
-
-    def has_checkpoint(self) -> bool:
-        return self._exists(self.checkpoint)
+        return self.fs.get_file_info(self.checkpoint).type != fs.FileType.NotFound
 
     def save(self, state: dict) -> None:
         """Write `state` (torch-serialisable) as the checkpoint; a crash mid-write leaves the previous one whole."""
@@ -79,8 +76,7 @@ class RunFolder:
 
     def remove(self) -> None:
         """Delete the run's folder (a finished run's checkpoint is of no further use)."""
-        if self._exists(self.path):
-            self.fs.delete_dir(self.path)
+        remove_folder(self.uri)
 
 
 def check_owner(state: dict, where: str, run_id: str, fingerprint: str) -> None:
@@ -92,12 +88,13 @@ def check_owner(state: dict, where: str, run_id: str, fingerprint: str) -> None:
             f"(config {fingerprint}); refusing to resume it. Give this run another storage_path or delete it.")
 
 
-def remove_if_empty(uri: str) -> None:
-    """Remove the folder at `uri` if it exists and holds nothing (say, a sweep's checkpoint root once every run
-    has removed its own folder)."""
+def remove_folder(uri: str, only_if_empty: bool = False) -> None:
+    """Remove the folder at `uri`, with all it holds; with `only_if_empty`, only when it holds nothing. For a folder
+    no run writes to any more (a sweep's checkpoint root once its trials are over)."""
     from pyarrow import fs
 
     filesystem, path = fs.FileSystem.from_uri(storage_uri(uri))
-    if filesystem.get_file_info(path).type == fs.FileType.Directory and not filesystem.get_file_info(
-            fs.FileSelector(path)):
+    if filesystem.get_file_info(path).type != fs.FileType.Directory:
+        return
+    if not only_if_empty or not filesystem.get_file_info(fs.FileSelector(path)):
         filesystem.delete_dir(path)

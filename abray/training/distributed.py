@@ -1,4 +1,5 @@
-"""Asynchronous training on Ray: the `ParameterServer` and `Worker` actors, and the driver loop.
+"""Asynchronous training on Ray: the `ParameterServer` and `Worker` actors, and `train_distributed`, which starts
+them and runs the driver loop (`abray.training.dispatch`).
 
 The driver asks the server for work, gives it to an idle worker, and forwards each finished gradient
 to the server by reference: gradients travel worker -> server through the object store, as flat
@@ -6,21 +7,14 @@ float32 numpy arrays, never through the driver. The data set is put in the objec
 worker reads the training set, and the server the test set, on first use.
 
 Faults (docs/fault-tolerance.md). Both actors restart (max_restarts=-1), and a restart depends on nothing in the
-object store: constructors take only the config and a few numbers, and the data comes with the calls that need it.
-Every hand-out is a lease of the server (`ParameterServerState`), and the driver settles each one exactly once:
-it forwards the gradient (`apply`), or gives the step back (`requeue` when the loss was not the step's fault: a
-lost worker, weights lost with a dead server; `fail` when computing it raised, or killed its worker, which counts
-against `step_retries`). A server that restarts resumes from its checkpoint and hands out again every step it had
-not applied; leases from before the restart are unknown to it, so their results are dropped there, never applied
-twice and never lost. Epochs are reported once each: the server checkpoints an epoch before reporting it, and after
-a restart the driver asks for the epochs it has not heard of. A worker that does not come back within
-RESTART_TIMEOUT_S leaves the run to the others.
+object store (ray-project/ray#53727): constructors take only the config and a few numbers, and the data comes with
+the calls that need it. Every hand-out is a lease of the server (`ParameterServerState`), which the driver settles
+exactly once; a restarted server resumes from its checkpoint, in the run's own folder under `storage_path`.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -29,30 +23,22 @@ from typing import Callable, Optional
 import numpy as np
 import ray
 import torch
-from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayError, RayTaskError
+from ray.exceptions import RayError
 
 from .checkpoints import RunFolder, storage_uri
 from .config import TrainConfig
 from .data import DataSplit
+from .dispatch import Driver
 from .epochs import EpochMetrics
 from .flat import FlatLayout, flat_gradient, model_buffers
 from .models import build_model
-from .parameter_server import ParameterServerState, TrainingFailed
+from .parameter_server import ParameterServerState, TrainingFailed  # noqa: F401 (TrainingFailed: for callers)
 
-RESTART_TIMEOUT_S = 180.0
 DEFAULT_CHECKPOINT_ROOT = "runs/checkpoints"
 
 
 class ResourceError(ValueError):
     """The cluster cannot hold the requested workers; raised before any actor starts."""
-
-
-def error_line(err: BaseException) -> str:
-    """The last line of an error's text: for a task error, the remote exception's own `Type: message`."""
-    if isinstance(err, RayTaskError) and not isinstance(err.cause, RayError):
-        return f"{type(err.cause).__name__}: {err.cause}"
-    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
-    return lines[-1] if lines else type(err).__name__
 
 
 @ray.remote
@@ -237,7 +223,7 @@ def train_distributed(
                               num_gpus=config.gpus_per_worker, max_restarts=-1, max_task_retries=0)
                .remote(values, data.num_classes, i, slowdown[i], run_id)
                for i in range(config.workers)]
-    driver = _Driver(server, workers, run_id, train_ref, test_ref, on_step, on_epoch, on_update, on_ready)
+    driver = Driver(server, workers, run_id, train_ref, test_ref, on_step, on_epoch, on_update, on_ready)
     folder = RunFolder(root, run_id)
     try:
         driver.run()
@@ -253,248 +239,3 @@ def train_distributed(
             folder.remove()
     return DistributedResult(result["history"], result["applied_steps"], result["weights"], result["staleness"],
                              driver.server_restarts, driver.worker_failures, folder.uri)
-
-
-class _Driver:
-    """Keeps every worker busy and forwards gradients to the server, off the critical path, settling every lease
-    exactly once (see the module's docstring).
-
-    A worker's next task takes the server's `next_work()` reference as its argument, and the server
-    runs calls in the order they were sent, so a worker starts as soon as the server has applied the
-    previous gradient and picked its next step: no round trip through the driver in between.
-    """
-
-    def __init__(self, server, workers, run_id, train_ref, test_ref, on_step, on_epoch, on_update, on_ready=None):
-        self.server, self.workers, self.run_id = server, workers, run_id
-        self.train_ref, self.test_ref = train_ref, test_ref
-        self.on_ready = on_ready
-        self.on_step, self.on_epoch, self.on_update = on_step, on_epoch, on_update
-        self.instance: Optional[str] = None  # the server instance last heard from
-        self.server_restarts = 0
-        self.worker_failures = 0
-        self.reported = 0  # epochs passed to on_epoch
-        self.in_flight: dict = {}  # compute's metadata ref -> (worker, work ref, gradient ref)
-        self.applies: list = []  # (the server's answer to `apply`, the gradient's metadata), in the order sent
-        self.probes: dict = {}  # `ready` ref of a restarting worker -> (worker, deadline)
-        self.idle: set[int] = set()  # workers that found no work the last time they asked
-        self.alive: set[int] = set(range(len(workers)))
-        self.woken_without_progress = False
-
-    # ---- the loop -----------------------------------------------------------------------------------
-    def run(self) -> None:
-        try:
-            ray.get([w.ready.remote() for w in self.workers])
-        except RayError as err:
-            raise TrainingFailed(f"a worker could not start: {error_line(err)}") from None
-        self._heard_from(self.server_call(lambda: self.server.ping.remote())["instance"])
-        if self.on_ready:
-            self.on_ready()
-        for w in sorted(self.alive):
-            self._hand_out(w)
-        while not self._next_event():
-            pass
-
-    def _next_event(self) -> bool:
-        waitables = [a for a, _ in self.applies[:1]] + list(self.in_flight) + list(self.probes)
-        if not waitables:
-            return self._stalled()
-        ready, _ = ray.wait(waitables, num_returns=1, timeout=1.0)
-        finished = self._handle(ready[0]) if ready else False
-        self._expire_probes()
-        return finished
-
-    def _handle(self, ref) -> bool:
-        if self.applies and ref == self.applies[0][0]:
-            _, meta = self.applies.pop(0)
-            return self._applied(ref, meta)
-        if ref in self.probes:
-            self._probed(ref)
-        else:
-            self._computed(ref)
-        return False
-
-    def _stalled(self) -> bool:
-        """Nothing in flight: the run is over, or the idle workers get one more chance to find work."""
-        status = self.server_call(lambda: self.server.ping.remote())
-        self._heard_from(status["instance"])
-        if status["failure"]:
-            raise TrainingFailed(status["failure"])
-        if status["done"]:
-            return True
-        if not self.alive:
-            raise TrainingFailed("no worker left")
-        if self.woken_without_progress:
-            raise RuntimeError(f"no work in flight, yet the run is not finished ({status['applied']} updates "
-                               f"applied)")
-        self.woken_without_progress = True
-        self._wake_idle()
-        return False
-
-    def _hand_out(self, w: int) -> None:
-        work_ref = self.server.next_work.remote()
-        meta_ref, grad_ref = self.workers[w].compute.remote(work_ref, [self.train_ref])
-        self.in_flight[meta_ref] = (w, work_ref, grad_ref)
-
-    def _wake_idle(self) -> None:
-        for w in sorted(self.idle & self.alive):
-            self._hand_out(w)
-        self.idle.clear()
-
-    # ---- results ------------------------------------------------------------------------------------
-    def _computed(self, ref) -> None:
-        w, work_ref, grad_ref = self.in_flight.pop(ref)
-        try:
-            meta = ray.get(ref)
-        except RayError as err:
-            try:  # the gradient holds the same error: read it, so Ray does not report it as unhandled
-                ray.get(grad_ref)
-            except RayError:
-                pass
-            self._compute_failed(w, work_ref, err)
-            return
-        if meta["lease"] is None:
-            self.idle.add(w)  # nothing to do until the next update
-            return
-        apply_ref = self.server.apply.remote(meta["lease"], grad_ref, meta, [self.test_ref])
-        self.applies.append((apply_ref, meta))
-        self._hand_out(w)
-
-    def _applied(self, ref, meta: dict) -> bool:
-        try:
-            out = ray.get(ref)
-        except RayError as err:
-            if isinstance(err, RayTaskError) and not isinstance(err.cause, RayError):
-                raise TrainingFailed(f"the parameter server failed: {error_line(err)}") from None
-            if isinstance(err, RayActorError) and not isinstance(err, RayTaskError):
-                self._server_failed(err)  # it died with this gradient
-            # the gradient was not applied (the server died, or the gradient was lost with its node): give the
-            # step back; for a lease from before a restart this does nothing, the restarted server redoes it anyway
-            self.server_call(lambda: self.server.requeue.remote(meta["lease"]))
-            self._wake_idle()
-            return False
-        self._heard_from(out["instance"])
-        if out["accepted"]:
-            self.woken_without_progress = False
-            if self.on_update:
-                self.on_update({**out, "run_id": self.run_id, "step": meta["step"], "worker": meta["worker"],
-                                "compute_time": meta["compute_time"]})
-            if self.on_step:
-                self.on_step(out["applied"], out["loss"])
-        self._report(out["epochs"])
-        if out["done"]:
-            return True
-        self._wake_idle()
-        return False
-
-    def _compute_failed(self, w: int, work_ref, err: RayError) -> None:
-        try:
-            work = ray.get(work_ref)
-        except RayTaskError as server_err:
-            raise TrainingFailed(f"the parameter server failed: {error_line(server_err)}") from None
-        except RayActorError as server_err:  # the server died handing the step out: no lease to settle
-            self._server_failed(server_err)
-            work = None
-        if work is None:
-            self._hand_out(w)
-            return
-        lease = work["lease"]
-        if isinstance(err, RayActorError) and not isinstance(err, RayTaskError):  # the worker's process died
-            self.worker_failures += 1
-            if isinstance(err, ActorDiedError):  # for good (killed, or its restart failed): the others go on
-                self._drop_worker(w, error_line(err))
-                self.server_call(lambda: self.server.requeue.remote(lease))
-                self._wake_idle()
-                return
-            self._settle_failure(lease, f"worker {w} died computing step {work['step']}: {error_line(err)}")
-            self._probe(w)
-            return
-        if isinstance(err, RayTaskError) and not isinstance(err.cause, RayError):  # the step's own error
-            self._settle_failure(lease, f"{error_line(err)} (on worker {w})")
-        else:  # a Ray error inside the task, e.g. its weights died with an earlier server instance
-            self.server_call(lambda: self.server.requeue.remote(lease))
-        self._hand_out(w)
-
-    def _settle_failure(self, lease: str, error: str) -> None:
-        failure = self.server_call(lambda: self.server.fail.remote(lease, error))
-        if failure:
-            raise TrainingFailed(failure)
-        self._wake_idle()
-
-    def _report(self, epochs: list[EpochMetrics]) -> None:
-        for metrics in epochs:
-            if metrics.epoch == self.reported + 1:
-                self.reported += 1
-                if self.on_epoch:
-                    self.on_epoch(metrics)
-
-    # ---- workers that died ----------------------------------------------------------------------------
-    def _probe(self, w: int, deadline: Optional[float] = None) -> None:
-        """Wait (without blocking the loop) for worker `w` to come back before it gets work again."""
-        self.probes[self.workers[w].ready.remote()] = (w, deadline or time.monotonic() + RESTART_TIMEOUT_S)
-
-    def _probed(self, ref) -> None:
-        w, deadline = self.probes.pop(ref)
-        try:
-            ray.get(ref)
-        except ActorDiedError as err:
-            self._drop_worker(w, error_line(err))
-            return
-        except RayActorError:
-            self._probe(w, deadline)
-            return
-        self._hand_out(w)
-
-    def _expire_probes(self) -> None:
-        now = time.monotonic()
-        for ref, (w, deadline) in list(self.probes.items()):
-            if now > deadline:
-                del self.probes[ref]
-                self._drop_worker(w, f"it did not come back within {RESTART_TIMEOUT_S:.0f} s")
-
-    def _drop_worker(self, w: int, why: str) -> None:
-        self.alive.discard(w)
-        self.idle.discard(w)
-        print(f"abray: worker {w} of run {self.run_id} is gone ({why}); {len(self.alive)} left", file=sys.stderr,
-              flush=True)
-        if not self.alive:
-            raise TrainingFailed(f"no worker left: the last one, worker {w}, is gone ({why})")
-
-    # ---- the server -----------------------------------------------------------------------------------
-    def server_call(self, make_call):
-        """`ray.get(make_call())`, again after the server restarts if it died meanwhile. Only calls that are safe
-        to repeat go through here (a lease of a dead instance means nothing to the restarted one)."""
-        while True:
-            try:
-                return ray.get(make_call())
-            except RayActorError as err:
-                if isinstance(err, RayTaskError):
-                    raise
-                self._server_failed(err)
-
-    def _server_failed(self, err: RayActorError) -> None:
-        """The server died: wait for it to come back (it resumes from its checkpoint), or fail the run if it
-        cannot. Not for workers: their deaths go through `_compute_failed`."""
-        deadline = time.monotonic() + RESTART_TIMEOUT_S
-        while True:
-            try:
-                status = ray.get(self.server.ping.remote(), timeout=30)
-                break
-            except ActorDiedError as dead:
-                raise TrainingFailed(f"the parameter server died and cannot restart: {error_line(dead)}") from None
-            except (RayActorError, GetTimeoutError):
-                if time.monotonic() > deadline:
-                    raise TrainingFailed(f"the parameter server did not come back within {RESTART_TIMEOUT_S:.0f} s "
-                                         f"({error_line(err)})") from None
-                time.sleep(0.2)
-        self._heard_from(status["instance"])
-
-    def _heard_from(self, instance: str) -> None:
-        """An answer from server instance `instance`: if it is a new one, it restarted from its checkpoint; hear
-        the epochs it closed that were never reported, and give the idle workers its work."""
-        if instance == self.instance:
-            return
-        if self.instance is not None:
-            self.server_restarts += 1
-        self.instance = instance
-        self._report(self.server_call(lambda: self.server.epochs_since.remote(self.reported)))
-        self._wake_idle()
