@@ -25,7 +25,7 @@ import ray
 import torch
 from ray.exceptions import RayError
 
-from .checkpoints import RunFolder, storage_uri
+from .checkpoints import CheckpointError, RunFolder, storage_uri
 from .config import TrainConfig
 from .data import DataSplit
 from .dispatch import Driver
@@ -213,6 +213,9 @@ def train_distributed(
     check_resources(config)
     run_id = uuid.uuid4().hex[:12]
     root = storage_uri(config.storage_path or DEFAULT_CHECKPOINT_ROOT)
+    folder = RunFolder(root, run_id)
+    if folder.has_checkpoint():  # not ours: never resumed, and never removed at the end either
+        raise CheckpointError(f"{folder.checkpoint_uri} exists already; this run will not touch it")
     values = config.model_dump()
     train_ref, test_ref = ray.put(data.train), ray.put(data.test)
     server = ParameterServer.options(**{"name": f"abray-ps-{run_id}", "num_cpus": 0, "max_restarts": -1,
@@ -224,7 +227,6 @@ def train_distributed(
                .remote(values, data.num_classes, i, slowdown[i], run_id)
                for i in range(config.workers)]
     driver = Driver(server, workers, run_id, train_ref, test_ref, on_step, on_epoch, on_update, on_ready)
-    folder = RunFolder(root, run_id)
     try:
         driver.run()
         result = driver.server_call(lambda: server.result.remote())
