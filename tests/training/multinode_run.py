@@ -2,7 +2,7 @@
 
 Run by tests/training/test_faults.py in a process of its own (a second Ray beside the test session's):
 
-    python tests/training/multinode_run.py STORAGE_ROOT RESULT_JSON
+    PYTHONPATH=tests python tests/training/multinode_run.py STORAGE_ROOT RESULT_JSON
 
 The cluster: a head that only hosts this driver (0 CPUs) and two nodes of 2 CPUs, each its own raylet and each with
 room for the server (a resource the head lacks). After 15 updates the node hosting the server is removed, with
@@ -18,23 +18,12 @@ import ray
 import torch
 from ray.cluster_utils import Cluster
 
-from abray.training.build import build_optimizer, make_scheduler
 from abray.training.config import parse_config
 from abray.training.data import digits
 from abray.training.distributed import train_distributed
-from abray.training.models import build_model
-from abray.training.simulator import train_delayed
+from support.runs import simulate
 
 REMOVE_AFTER = 15
-
-
-def simulated_weights(config, data):
-    torch.manual_seed(config.seed)
-    model = build_model(config.model, data.num_classes)
-    opt = build_optimizer(config, model.parameters())
-    train_delayed(model, opt, data, delay=config.delay, epochs=config.epochs, batch_size=config.batch_size,
-                  seed=config.seed, scheduler=make_scheduler(config, opt, len(data.train) // config.batch_size))
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy()
 
 
 def main(storage: str, out: str) -> None:
@@ -68,7 +57,7 @@ def main(storage: str, out: str) -> None:
         found.update(applied_steps=result.applied_steps, server_restarts=result.server_restarts,
                      total_steps=len(data.train) // config.batch_size * config.epochs,
                      weights_match_simulator=bool(
-                         np.abs(result.weights - simulated_weights(config, data)).max() <= 1e-6))
+                         np.abs(result.weights - simulate(config, data)[1]).max() <= 1e-6))
         with open(out, "w") as f:
             json.dump(found, f)
     finally:

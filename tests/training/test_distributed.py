@@ -12,12 +12,10 @@ import pytest
 import ray
 import torch
 
-from abray.training.build import build_optimizer, make_scheduler
 from abray.training.config import ConfigError, parse_config
 from abray.training.data import digits
 from abray.training.distributed import ResourceError, train_distributed
-from abray.training.models import build_model
-from abray.training.simulator import train_delayed
+from support.runs import simulate
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -25,16 +23,6 @@ pytestmark = pytest.mark.usefixtures("ray_cluster")
 @pytest.fixture(scope="module")
 def data():
     return digits()
-
-
-def simulate(config, data):
-    torch.manual_seed(config.seed)
-    model = build_model(config.model, data.num_classes)
-    opt = build_optimizer(config, model.parameters())
-    sched = make_scheduler(config, opt, len(data.train) // config.batch_size)
-    history = train_delayed(model, opt, data, delay=config.delay, epochs=config.epochs, batch_size=config.batch_size,
-                            seed=config.seed, scheduler=sched)
-    return history, torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy()
 
 
 def cfg(tmp_path, **kw):

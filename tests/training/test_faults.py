@@ -13,14 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import ray
-import torch
 
-from abray.training.build import build_optimizer, make_scheduler
 from abray.training.config import parse_config
 from abray.training.data import digits
 from abray.training.distributed import TrainingFailed, train_distributed
-from abray.training.models import build_model
-from abray.training.simulator import train_delayed
+from support.runs import simulate
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -28,16 +25,6 @@ pytestmark = pytest.mark.usefixtures("ray_cluster")
 @pytest.fixture(scope="module")
 def data():
     return digits()
-
-
-def simulated_weights(config, data):
-    torch.manual_seed(config.seed)
-    model = build_model(config.model, data.num_classes)
-    opt = build_optimizer(config, model.parameters())
-    sched = make_scheduler(config, opt, len(data.train) // config.batch_size)
-    train_delayed(model, opt, data, delay=config.delay, epochs=config.epochs, batch_size=config.batch_size,
-                  seed=config.seed, scheduler=sched)
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy()
 
 
 class Chaos:
@@ -78,7 +65,7 @@ def test_actors_killed_at_random_points_lose_no_step_and_repeat_none(tmp_path, d
     assert result.server_restarts == 2 and result.worker_failures >= 1
     if mode == "distributed":  # the undisturbed trajectory, update for update
         assert result.applied_steps == list(range(66))
-        assert np.abs(result.weights - simulated_weights(config, data)).max() <= 1e-6
+        assert np.abs(result.weights - simulate(config, data)[1]).max() <= 1e-6
     assert not list(tmp_path.iterdir())  # the run's checkpoint folder is removed at the end
 
 
@@ -102,6 +89,7 @@ def test_a_run_survives_losing_the_node_of_its_server_on_a_multinode_cluster(tmp
     """Ray's multi-node test cluster (ray.cluster_utils.Cluster, a raylet per node on this machine), in a process of
     its own beside the session's Ray: the node hosting the server is removed mid-run."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])  # support/
     ray_tmp = tempfile.mkdtemp(prefix="abray-mn-", dir="/tmp")  # short: Ray's socket paths are limited
     env["RAY_TMPDIR"] = ray_tmp  # its session files and ray_current_cluster stay out of /tmp/ray
     out = tmp_path / "result.json"
