@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from abray.training.checkpoints import CheckpointError
+from abray.training.checkpoints import CheckpointError, remove_folder
 from abray.training.config import parse_config
 from abray.training.data import digits
 from abray.training.flat import FlatLayout, flat_gradient
@@ -145,6 +145,10 @@ def test_each_run_checkpoints_in_a_folder_of_its_own_under_the_storage_root(tmp_
     assert [p.name for p in (tmp_path / "run-a").iterdir()] == ["checkpoint.pt"]  # no temporary file left
     state.folder.remove()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run-a"]
+    remove_folder(str(tmp_path), only_if_empty=True)  # a sweep's root, when its runs keep their checkpoints
+    assert (tmp_path / "run-a" / "checkpoint.pt").exists()
+    remove_folder(str(tmp_path))  # and when they do not: whatever a stopped run left goes too
+    assert not tmp_path.exists()
 
 
 @pytest.mark.parametrize("retries", [0, 3])
