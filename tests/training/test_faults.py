@@ -4,6 +4,7 @@ every time, and a node lost on Ray's multi-node test cluster."""
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -94,8 +95,11 @@ def test_a_run_survives_losing_the_node_of_its_server_on_a_multinode_cluster(tmp
     env["RAY_TMPDIR"] = ray_tmp  # its session files and ray_current_cluster stay out of /tmp/ray
     out = tmp_path / "result.json"
     start = time.monotonic()
-    res = subprocess.run([sys.executable, str(MULTINODE), str(tmp_path / "checkpoints"), str(out)], env=env,
-                         capture_output=True, text=True, timeout=300)
+    try:
+        res = subprocess.run([sys.executable, str(MULTINODE), str(tmp_path / "checkpoints"), str(out)], env=env,
+                             capture_output=True, text=True, timeout=300)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     print(f"multi-node run: {time.monotonic() - start:.1f} s")
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     found = json.loads(out.read_text())
