@@ -201,6 +201,19 @@ def test_a_running_job_survives_an_api_restart(ray_cluster, tmp_path):
         server.stop()
 
 
+def test_a_step_that_fails_every_time_fails_its_job_with_the_workers_error(api_server):
+    # the worker's straggler sleep overflows at every try: after step_retries (3) the trial fails, and so the job
+    spec = {"name": "failing", "mode": "distributed", "workers": 1, "slowdown": [1e15], "epochs": 1,
+            "batch_size": 64}
+    with api_server.client() as client:
+        job = submit(client, spec)
+        done = api_server.wait_for(job["id"], lambda j: j["status"] not in ("queued", "running"))
+        trials = client.get(f"/jobs/{job['id']}/trials").json()
+    assert done["status"] == "failed" and done["progress"]["failed"] == 1
+    assert "step 0 failed 4 times (step_retries = 3); last error: OverflowError: " in done["error"]
+    assert trials[0]["status"] == "failed" and "OverflowError" in trials[0]["error"]
+
+
 def test_a_job_whose_driver_died_is_marked_failed(api_server):
     import os
 
