@@ -32,6 +32,8 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # of MNIST's training images, the usual 
 
 TEACHER_INPUTS = 32  # the suite's teacher tasks all take 32 Gaussian inputs, so one student model fits them all
 SEQUENCE_LENGTH, SEQUENCE_VOCAB = 16, 8
+CLASSES = {"digits": 10, "mnist10k": 10, "mnist": 10, "teacher": 10, "teacher_deep": 10, "runner_up": SEQUENCE_VOCAB,
+           "cifar10": 10, "imagenet": 1000}  # ImageNet's as published; a folder may hold fewer
 
 
 @dataclass
@@ -66,7 +68,7 @@ def digits(validation: bool = False) -> DataSplit:
 
     bunch = load_digits()
     x = (bunch.images.astype(np.float32) / 16.0)[:, None]
-    return split_in_memory(x, bunch.target.astype(np.int64), 10, validation)
+    return split_in_memory(x, bunch.target.astype(np.int64), CLASSES["digits"], validation)
 
 
 def _normalised_mnist(images: np.ndarray) -> np.ndarray:
@@ -232,7 +234,7 @@ def cifar10(root: str, download: bool = False) -> DataSplit:
         test = torchvision.datasets.CIFAR10(root, train=False, transform=test_tf, download=download)
     except RuntimeError as err:
         raise DataError(f"CIFAR-10 not found under {root!r} ({err}); set download: true to fetch it") from None
-    return DataSplit(train=train, test=test, num_classes=10, input_shape=(3, 32, 32))
+    return DataSplit(train=train, test=test, num_classes=CLASSES["cifar10"], input_shape=(3, 32, 32))
 
 
 def imagenet(root: str) -> DataSplit:

@@ -1,13 +1,19 @@
-"""/health: whether the database answers and the job cluster (Ray) is reachable."""
+"""/health: whether the database answers and the job cluster (Ray) is reachable, and the monitoring pages that
+run next to it (Ray's dashboard, Grafana), for the results dashboard to link to."""
 
 from __future__ import annotations
+
+import os
+from typing import Optional
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Request, Response, status
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from abray.service import store
-from abray.service.cluster import answers
+from abray.service.cluster import answers, head_record
+from abray.service.settings import Settings
 
 from ..deps import get_session
 from ..schemas import Health
@@ -37,4 +43,19 @@ def health(request: Request, response: Response, session: Session = Depends(get_
     ok = database["ok"] and ray["ok"]
     if not ok:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    return Health(status="ok" if ok else "degraded", database=database, ray=ray, jobs=counts)
+    return Health(status="ok" if ok else "degraded", database=database, ray=ray, jobs=counts,
+                  links=links(request.app.state.settings, scheduler.fixed_cluster))
+
+
+def links(settings: Settings, local_head: bool) -> dict[str, str]:
+    """Ray's dashboard and Grafana, those of them that answer: configured, or the service's own local head's."""
+    record = head_record(settings.storage) if local_head else None
+    candidates = {"ray_dashboard": settings.ray_dashboard_url or (record or {}).get("dashboard_url"),
+                  "grafana": settings.grafana_url or os.environ.get("RAY_GRAFANA_HOST")}
+    return {name: url for name, url in candidates.items() if url and _url_answers(url)}
+
+
+def _url_answers(url: str) -> bool:
+    parts = urlsplit(url if "//" in url else f"http://{url}")
+    port: Optional[int] = parts.port or (443 if parts.scheme == "https" else 80)
+    return bool(parts.hostname) and answers(f"{parts.hostname}:{port}", timeout=0.5)
