@@ -161,6 +161,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     spec = parse_spec(load_config_file(args.spec))
     export = _export_path(args.export)
+    _warn(spec.warnings())
     print(f"sweep {spec.options.name!r}: {spec.size} trials", flush=True)
     path = run_sweep(spec, resume=args.resume, write=lambda line: print(line, flush=True))
     if isinstance(path, str):

@@ -58,6 +58,13 @@ class SweepSpec:
         # trials: every distinct grid point, validated (full configs); size: how many trials Tune will run
         self.options, self.trials, self.size = options, trials, size
 
+    def warnings(self) -> list[str]:
+        """The traps its trials' settings fall into (`abray.training.traps`), each once."""
+        from ..training.traps import config_warnings
+
+        found = [w for values in self.trials for w in config_warnings(TrainConfig.model_validate(values))]
+        return list(dict.fromkeys(found))
+
 
 def parse_spec(values: dict) -> SweepSpec:
     """Validate a sweep spec; raise ConfigError naming each bad field, or the sweep's size if refused."""

@@ -68,10 +68,11 @@ def submit(response: Response,
     if parsed.size > settings.max_trials:
         raise unprocessable([{"loc": ["grid"], "msg": f"sweep has {parsed.size} trials, more than this service "
                                                       f"accepts ({settings.max_trials})"}])
+    warnings = parsed.warnings()
     if idempotency_key is not None:
         replay = _replay(session, idempotency_key, spec, response)
         if replay is not None:
-            return replay
+            return replay.model_copy(update={"warnings": warnings})
     job = store.Job(name=parsed.options.name, status="queued", spec=spec, total_trials=parsed.size,
                     idempotency_key=idempotency_key, storage="", created_at=store.utcnow())
     try:
@@ -84,8 +85,8 @@ def submit(response: Response,
         replay = _replay(session, idempotency_key, spec, response) if idempotency_key else None
         if replay is None:
             raise
-        return replay
-    return job_out(session, job)
+        return replay.model_copy(update={"warnings": warnings})
+    return job_out(session, job).model_copy(update={"warnings": warnings})
 
 
 def _replay(session: Session, key: str, spec: dict, response: Response) -> Optional[JobOut]:

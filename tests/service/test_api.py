@@ -108,6 +108,8 @@ def test_idempotency_key_never_creates_two_jobs(api_server):
         again = client.post("/jobs", json=dict(TINY, name="idem"), headers={"Idempotency-Key": "k-1"})
         assert first.status_code == 201 and again.status_code == 200
         assert again.headers["idempotent-replayed"] == "true" and again.json()["id"] == first.json()["id"]
+        warmup = "warmup_epochs (5) >= epochs (2): the learning rate never leaves warmup"
+        assert any(w.startswith(warmup) for w in first.json()["warnings"]) and again.json()["warnings"]
         other = client.post("/jobs", json=dict(TINY, name="other"), headers={"Idempotency-Key": "k-1"})
         assert other.status_code == 409 and "another spec" in other.json()["detail"]
         # cancelling a queued job is immediate; cancelling a finished one is a conflict
