@@ -411,6 +411,12 @@ def mean_std(values: pd.Series) -> str:
     return f"{values.mean():.1f} ± {values.std(ddof=1):.1f}" if len(values) > 1 else f"{values.mean():.1f}"
 
 
+def SUITE_ORDER() -> list[str]:  # noqa: N802 (a constant, read late so that the module imports without abray)
+    from abray.training.tasks import SUITE
+
+    return [t.name for t in SUITE]
+
+
 def suite_columns(frame: pd.DataFrame) -> pd.DataFrame:
     from abray.training.tasks import SUITE
 
@@ -432,6 +438,8 @@ def table_harm(frame: pd.DataFrame) -> pd.DataFrame:
         old = next((v for k, v in acc.items() if "old" in k), None)
         cells[(task, schedule)] = (f"{acc['sgdm']:.1f} / {acc['ab']:.1f}" + (f" ({old:.1f})" if old is not None else ""))
     table = pd.Series(cells).unstack()
+    order = frame.drop_duplicates("schedule").sort_values(["epochs", "batch_size", "warmup_epochs"]).schedule
+    table = table[list(order)].reindex([t for t in SUITE_ORDER() if t in table.index])
     table.index.name = "task (SGDM / AB (old AB))"
     return table
 
@@ -446,11 +454,10 @@ def table_delay(frame: pd.DataFrame) -> pd.DataFrame:
         at32 = group[group.delay == 32].accuracy
         if len(at32):
             row["D = 32 minus SGDM at D = 0"] = f"{100 * (at32.mean() - sgdm0):+.1f}"
-        row["lr used at D = 32"] = ", ".join(sorted({f"{v:.3g}" for v in group[group.delay == 32].lr_used}))
         rows[(task, norm, rule)] = row
     table = pd.DataFrame(rows).T
     table.index.names = ["task", "normalization", "method"]
-    return table
+    return table.sort_index(level="task", key=lambda names: names.map(SUITE_ORDER().index), sort_remaining=False)
 
 
 def table_advisor(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -458,7 +465,8 @@ def table_advisor(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     frame = suite_columns(frame)
     frame["held"] = frame.apply(lambda r: (not r.failed) if r.lr_scale < 1 else bool(r.failed), axis=1)
     frame["claim"] = frame.lr_scale.map(lambda f: "x0.5 converges" if f < 1 else f"x{f:g} fails")
-    rate = frame.groupby(["claim", "optimizer", "delay"]).held.agg(["sum", "count"])
+    frame["normalized"] = frame.normalization.map(lambda n: "none" if n == "none" else "BatchNorm/LayerNorm")
+    rate = frame.groupby(["claim", "normalized", "optimizer", "delay"]).held.agg(["sum", "count"])
     rate["held"] = rate.apply(lambda r: f"{int(r['sum'])}/{int(r['count'])}", axis=1)
     detail = frame.pivot_table(index=["task", "optimizer", "delay"], columns="claim",
                                values="accuracy", aggfunc="mean").mul(100).round(1)
@@ -498,6 +506,7 @@ def tables(part: str) -> None:
             rate.columns = [f"D = {d}" for _, d in rate.columns]
             print("\nThe lr advisor's check (15 epochs, seed 0): runs that did as the advice says / runs")
             print(markdown(rate))
+            print("\nEach run's final test accuracy (%) and the advised lr:")
             print(markdown(detail))
             rate.reset_index().to_parquet(out / "advisor.parquet", index=False)
 
