@@ -103,14 +103,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# `abray serve` flags taken straight from the service's settings (abray/service/settings.py): name, type, help
+SERVE_SETTINGS = ("max_running_jobs", "max_body_bytes", "max_trials", "max_epochs", "max_delay", "max_workers",
+                  "max_name_length", "allowed_hosts", "data_roots", "allow_download", "reads_need_token")
+
+
+def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting in SERVE_SETTINGS, with the setting's description, default and environment variable.
+    Unset flags leave the environment's value (or the default) in place."""
+    from .service.settings import ENV, Settings
+
+    for name in SERVE_SETTINGS:
+        field = Settings.model_fields[name]
+        default = field.get_default(call_default_factory=True)
+        shown = Settings.DEFAULT_HOSTS if name == "allowed_hosts" else "none" if default in (None, []) else default
+        text = f"{field.description or name.replace('_', ' ')} (default {shown}; env {ENV[name]})"
+        flag = "--" + name.replace("_", "-")
+        if field.annotation is bool:
+            parser.add_argument(flag, dest=name, action="store_const", const="1", default=None, help=text)
+        elif "list" in str(field.annotation):
+            parser.add_argument(flag, dest=name, default=None, metavar="A,B,...", help=text + "; comma-separated")
+        else:
+            parser.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=text)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """The job service: FastAPI on uvicorn. Flags become ABRAY_* settings (see abray/service/settings.py)."""
     import os
 
     import uvicorn
 
-    flags = {"storage": args.storage, "database_url": args.database, "max_running_jobs": args.max_running_jobs,
-             "reads_need_token": "1" if args.reads_need_token else None}
+    flags = {"storage": args.storage, "database_url": args.database, "host": args.host,
+             **{name: getattr(args, name) for name in SERVE_SETTINGS}}
     for name, value in flags.items():
         if value is not None:
             os.environ[f"ABRAY_{name.upper()}"] = str(value)
@@ -148,14 +172,14 @@ def main(argv=None) -> int:
     demo.set_defaults(func=cmd_demo)
 
     serve = sub.add_parser("serve", help="the job service: a REST API (FastAPI) over sweeps on Ray")
-    serve.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1: this "
+                                                           "machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="default 8000")
     serve.add_argument("--storage", help="jobs' folders and the default SQLite file (default runs/service)")
     serve.add_argument("--database", help="SQLAlchemy URL, e.g. postgresql://user@host/db (default: SQLite "
                                           "in storage)")
-    serve.add_argument("--max-running-jobs", type=int, help="jobs run at once; the rest wait (default 1)")
-    serve.add_argument("--reads-need-token", action="store_true", help="require the token for reads too")
-    serve.add_argument("--log-level", default="info")
+    _add_serve_flags(serve)
+    serve.add_argument("--log-level", default="info", help="default info")
     serve.set_defaults(func=cmd_serve)
 
     args = parser.parse_args(argv)
