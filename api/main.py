@@ -57,12 +57,15 @@ def openapi_document(app: FastAPI, settings: Settings):
         schemas = document.setdefault("components", {}).setdefault("schemas", {})
         schemas.update(spec.pop("$defs", {}))
         schemas["JobSpec"] = spec
-        if not settings.reads_need_token:
-            for operations in document["paths"].values():
-                get = operations.get("get")
-                if get is not None:
-                    get.pop("security", None)
-                    get.get("responses", {}).pop("401", None)
+        for path, operations in document["paths"].items():
+            get = operations.get("get")
+            if get is None:
+                continue
+            if not settings.reads_need_token:
+                get.pop("security", None)
+                get.get("responses", {}).pop("401", None)
+            elif path == "/health":  # the status for anyone, the details with the token
+                get["security"] = [{"HTTPBearer": []}, {}]
         app.openapi_schema = document
         return document
 

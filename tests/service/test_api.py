@@ -65,7 +65,7 @@ def test_bad_input_is_refused_and_leaves_no_row(api_server):
     with api_server.client() as client:
         before = client.get("/jobs").json()["total"]
         cases = [
-            ({"grid": {"delay": [-1]}}, ["body", "delay"], "greater than or equal to 0"),
+            ({"grid": {"delay": [-1]}}, ["body", "grid", "delay", 0], "delay=-1: Input should be greater than or equal to 0"),
             ({"grid": {"colour": [1]}}, ["body", "grid", "colour"], "allowed: delay, optimizer"),
             ({"optimizer": "adamw"}, ["body", "optimizer"], "'sgdm', 'ab'"),
             ({"momentum": 1.5}, ["body", "momentum"], "less than 1"),
