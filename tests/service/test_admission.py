@@ -102,3 +102,21 @@ def test_limits_come_from_the_environment_and_bad_ones_stop_the_service():
         from_env({"ABRAY_MAX_DELAY": "100000"})
     with pytest.raises(SystemExit, match="ABRAY_MAX_NAME_LENGTH: Input should be less than or equal to 128"):
         from_env({"ABRAY_MAX_NAME_LENGTH": "1000"})  # the job store's column holds 128
+
+
+def test_the_limits_are_serve_flags_with_their_defaults_in_help(capsys):
+    from abray.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag, default, env in [("--max-body-bytes", "1048576", "ABRAY_MAX_BODY_BYTES"),
+                               ("--max-trials", "5000", "ABRAY_MAX_TRIALS"), ("--max-epochs", "1000", "ABRAY_MAX_EPOCHS"),
+                               ("--max-delay", "1024", "ABRAY_MAX_DELAY"), ("--max-workers", "64", "ABRAY_MAX_WORKERS"),
+                               ("--max-name-length", "128", "ABRAY_MAX_NAME_LENGTH"),
+                               ("--data-roots", "none", "ABRAY_DATA_ROOTS"),
+                               ("--allow-download", "False", "ABRAY_ALLOW_DOWNLOAD"), ("--port", "8000", None)]:
+        help_text = text.split(f"{flag} ", 2)[-1]
+        assert f"default {default}" in help_text.split(" --")[0], flag
+        assert env is None or env in help_text.split(" --")[0], flag
+    assert "--allowed-hosts" in text and "localhost's names" in text

@@ -1,5 +1,6 @@
 """The job service against a real uvicorn server, a real SQLite file and the session's Ray cluster."""
 
+import re
 import signal
 import sqlite3
 import time
@@ -224,6 +225,11 @@ def test_generated_token_is_printed_once_and_reads_can_need_it(ray_cluster, tmp_
         assert sum("abray API token" in line for line in server.log.read_text().splitlines()) == 1  # not again
         assert httpx.get(f"{server.url}/jobs").status_code == 401
         assert httpx.get(f"{server.url}/jobs/1/results").status_code == 401
+        # /health: its status for anyone; the database's path and the Ray address only with the token
+        assert httpx.get(f"{server.url}/health").json() == {"status": "ok", "database": None, "ray": None,
+                                                            "jobs": None}
+        detailed = httpx.get(f"{server.url}/health", headers=server.auth).json()
+        assert str(tmp_path) in detailed["database"]["url"] and detailed["ray"]["address"] == server.ray_address
         with server.client() as client:  # the same token still works after the restart
             assert client.get("/jobs").json()["total"] == 1
     finally:
@@ -253,6 +259,13 @@ def test_without_ray_address_jobs_run_on_the_services_own_head_which_outlives_a_
         address = json_.loads((tmp_path / "ray_head.json").read_text())["address"]
         assert httpx.get(f"{server.url}/health").json()["ray"] == {"address": address, "ok": True}
         with server.client() as client:
+            # the service's own head cannot grow: a trial bigger than it is refused at submission, with the numbers
+            big = client.post("/jobs", json=dict(TINY, mode="free", workers=64, cpus_per_worker=16))
+            assert big.status_code == 422, big.text
+            message = big.json()["detail"][0]["msg"]
+            assert re.fullmatch(r"a free trial needs 1025 CPUs \(1 for the trial \+ 64 workers x 16\), but the Ray "
+                                r"cluster has \d+ and cannot grow; lower workers or cpus_per_worker", message), message
+            assert client.get("/jobs").json()["total"] == 0
             job = submit(client, dict(TINY, grid={"optimizer": ["ab"]}))
         assert server.wait_for(job["id"], lambda j: j["status"] not in ("queued", "running"))["status"] == "succeeded"
         server.stop()
