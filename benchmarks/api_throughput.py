@@ -131,10 +131,10 @@ HUGE_GRID = {"name": "huge", "grid": {"delay": list(range(100)), "seed": list(ra
                                       "rho": [round(0.1 * i, 1) for i in range(10)]}}
 
 
-def resident_mb(pid: int) -> float:
-    """A process's resident memory (Linux)."""
+def resident_mb(pid: int, field: str = "VmRSS") -> float:
+    """A process's resident memory now (VmRSS), or its peak so far (VmHWM), in MB (Linux)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -160,7 +160,7 @@ def refusals(service: LocalService, count: int) -> None:
     poller.start()
     while not health:  # the poller's connection is open
         time.sleep(0.01)
-    rss_before = resident_mb(service.proc.pid)
+    rss_before, peak_before = resident_mb(service.proc.pid), resident_mb(service.proc.pid, "VmHWM")
     timings, statuses = [], set()
     with httpx.Client(base_url=service.url, headers=service.auth, timeout=120) as client:
         client.get("/jobs", params={"limit": 1})  # the connection is open: time the refusals alone
@@ -173,12 +173,12 @@ def refusals(service: LocalService, count: int) -> None:
         ended = time.perf_counter()
     stop.set()
     poller.join()
-    rss_after = resident_mb(service.proc.pid)
+    rss_after, peak_after = resident_mb(service.proc.pid), resident_mb(service.proc.pid, "VmHWM")
     during = [seconds for start, seconds in health if start < ended and start + seconds > began]
     ms = np.array(timings) * 1000
     print(f"a {points:,}-point grid ({len(body) / 1000:.1f} KB) refused with {sorted(statuses)}: p50 "
           f"{np.percentile(ms, 50):.1f} ms, p99 {np.percentile(ms, 99):.1f} ms over {len(timings)}; API memory "
-          f"{rss_before:.0f} -> {rss_after:.0f} MB; slowest of {len(during)} /health answers meanwhile "
+          f"{rss_before:.0f} -> {rss_after:.0f} MB (peak {peak_before:.0f} -> {peak_after:.0f} MB); slowest of {len(during)} /health answers meanwhile "
           f"{max(during, default=0) * 1000:.0f} ms")
 
 

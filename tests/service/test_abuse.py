@@ -11,7 +11,6 @@ import http.client
 import json
 import select
 import socket
-import threading
 import time
 
 import httpx
@@ -19,6 +18,7 @@ import pytest
 
 from abray.service import store
 from support.service import ApiServer
+from test_store import at_once
 
 VALID = {"name": "valid", "epochs": 2, "grid": {"optimizer": ["sgdm", "ab"], "delay": [0, 8]}}
 
@@ -207,20 +207,13 @@ def test_cancel_racing_the_schedulers_claim_through_the_api(quiet_server):
     with quiet_server.client() as client:
         ids = [client.post("/jobs", json=dict(VALID, name=f"race{i}")).json()["id"] for i in range(15)]
         for job_id in ids:
-            barrier, found = threading.Barrier(2), {}
-
             def claim():
-                barrier.wait()
                 with sessions.begin() as session:
-                    found["claimed"] = store.claim(session, job_id)
+                    return store.claim(session, job_id)
 
-            thread = threading.Thread(target=claim)
-            thread.start()
-            barrier.wait()
-            response = client.post(f"/jobs/{job_id}/cancel")
-            thread.join()
+            claimed, response = at_once(claim, lambda: client.post(f"/jobs/{job_id}/cancel"))
             # the claim won (the job runs, its cancellation requested: 202), or the cancel did (never runs: 200)
-            expected = (202, "running") if found["claimed"] else (200, "cancelled")
+            expected = (202, "running") if claimed else (200, "cancelled")
             assert (response.status_code, response.json()["status"]) == expected, response.text
     sessions.kw["bind"].dispose()
 

@@ -63,9 +63,31 @@ def test_a_database_of_another_schema_version_is_refused(tmp_path):
         store.connect(url)
 
 
-def race_cancel_against_claim(url: str, jobs: int = 30) -> list[tuple[bool, str, str]]:
+def at_once(*actions):
+    """Run the callables in threads released at the same moment; their results, in order (or the first error)."""
+    barrier, results, errors = threading.Barrier(len(actions)), [None] * len(actions), []
+
+    def run(i, action):
+        barrier.wait()
+        try:
+            results[i] = action()
+        except Exception as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=(i, action)) for i, action in enumerate(actions)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+def race_cancel_against_claim(url: str, jobs: int = 30) -> list[tuple]:
     """Queue `jobs` jobs; for each, the scheduler's claim and a user's cancel at the same moment, each through its
-    own engine (as the scheduler and the API may be two processes). Returns (claimed, cancel outcome, status)."""
+    own engine (as the scheduler and the API may be two processes). Returns (claimed, cancel outcome, status,
+    cancel_requested_at) per job."""
     engines = [store.connect(url) for _ in range(2)]
     claims, cancels = (store.session_factory(e) for e in engines)
     with claims.begin() as session:
@@ -77,26 +99,18 @@ def race_cancel_against_claim(url: str, jobs: int = 30) -> list[tuple[bool, str,
             ids.append(job.id)
     found = []
     for job_id in ids:
-        barrier, results = threading.Barrier(2), {}
-
         def claim():
-            barrier.wait()
             with claims.begin() as session:
-                results["claimed"] = store.claim(session, job_id)
+                return store.claim(session, job_id)
 
         def cancel():
-            barrier.wait()
             with cancels.begin() as session:
-                results["outcome"] = store.request_cancel(session, job_id)
+                return store.request_cancel(session, job_id)
 
-        threads = [threading.Thread(target=claim), threading.Thread(target=cancel)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        claimed, outcome = at_once(claim, cancel)
         with claims() as session:
             job = session.get(store.Job, job_id)
-            found.append((results.get("claimed"), results.get("outcome"), job.status, job.cancel_requested_at))
+            found.append((claimed, outcome, job.status, job.cancel_requested_at))
     for engine in engines:
         engine.dispose()
     return found
