@@ -37,6 +37,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from .results.schema import epochs_frame, write_frame
     from .training.build import load_data
+    from .training.parameter_server import TrainingFailed
     from .training.run import run
 
     config = _config_from_args(args)
@@ -55,7 +56,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             bar.write(f"epoch {m.epoch:3d}  train loss {m.train_loss:.4f}  test loss {m.test_loss:.4f}  "
                       f"test acc {m.test_accuracy:.4f}" + (f"  DIVERGED at step {m.diverged_step}" if m.diverged else ""))
 
-        history = run(config, data=data, on_step=on_step, on_epoch=on_epoch)
+        try:
+            history = run(config, data=data, on_step=on_step, on_epoch=on_epoch)
+        except TrainingFailed as err:  # a step out of retries, a server that cannot restart: its reason, no traceback
+            bar.close()
+            print(f"abray train: the run failed: {err}", file=sys.stderr)
+            return 1
     output = write_frame(epochs_frame(config.model_dump(), history), config.output)
     last = history[-1]
     status = f"diverged at step {last.diverged_step}" if last.diverged else f"test accuracy {last.test_accuracy:.4f}"

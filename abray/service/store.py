@@ -308,11 +308,13 @@ def record_trial(session: Session, job_id: int, trial_id: str, config: dict, sta
 
 def record_epoch(session: Session, job_id: int, trial_id: str, metrics: dict) -> None:
     """One epoch's metrics (a Tune report, or any row of the schema's metric columns) of a trial that record_trial
-    has seen."""
+    has seen. An epoch reported again (a trial restarted by a resumed sweep) replaces its row and is not counted
+    again: a trial's epochs_reported is its number of rows."""
     row = metric_row(metrics)
+    new = session.get(Metric, (job_id, trial_id, row["epoch"])) is None
     session.merge(Metric(job_id=job_id, trial_id=trial_id, **row))
     session.execute(update(Trial).where(Trial.job_id == job_id, Trial.trial_id == trial_id).values(
-        epochs_reported=Trial.epochs_reported + 1, test_accuracy=row["test_accuracy"],
+        epochs_reported=Trial.epochs_reported + int(new), test_accuracy=row["test_accuracy"],
         diverged=bool(row["diverged"]), updated_at=utcnow()))
 
 

@@ -25,6 +25,7 @@ from .models import MODELS
 DATASETS = ("digits", "cifar10", "imagenet")
 SCHEDULES = ("constant", "cosine", "step")
 MODES = ("simulated", "distributed", "free")
+STORAGE_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "abfs", "abfss")  # the URIs pyarrow.fs opens
 MODEL_NAMES = tuple(MODELS)
 DATASET_MODELS = {
     "digits": ("digits_cnn", "digits_cnn_bn", "digits_mlp"),
@@ -112,9 +113,18 @@ class TrainConfig(BaseModel):
     gpus_per_worker: float = Field(0.0, ge=0, le=64)
     slowdown: Optional[list[Annotated[float, Field(ge=1, le=MAX_SLOWDOWN)]]] = Field(
         None, max_length=MAX_WORKERS, description="per-worker slowdown factors (>= 1), for stragglers")
-    checkpoint_every: int = Field(100, ge=1, le=10**9, description="parameter-server checkpoint interval, in updates")
+    checkpoint_every: int = Field(100, ge=1, le=1_000_000,
+                                  description="parameter-server checkpoint interval, in updates (it also "
+                                              "checkpoints at every epoch's end)")
     storage_path: Optional[str] = Field(None, max_length=MAX_PATH_LENGTH,
-                                        description="where the parameter server checkpoints")
+                                        description="storage root under which each Ray run checkpoints, in "
+                                                    "a folder of its own: a local path on one machine, "
+                                                    "s3://... or gs://... on a cluster (default "
+                                                    "runs/checkpoints; in a sweep, the sweep's folder)")
+    keep_checkpoints: bool = Field(False, description="keep a finished Ray run's checkpoint folder (removed by "
+                                                      "default)")
+    step_retries: int = Field(3, ge=0, le=100, description="times a step whose gradient fails is tried again "
+                                                           "before the run fails with the worker's error")
     output: Optional[str] = Field(None, max_length=MAX_PATH_LENGTH, description="per-epoch metrics, .csv or .parquet")
 
     @model_validator(mode="after")
@@ -131,6 +141,11 @@ class TrainConfig(BaseModel):
         if self.slowdown is not None:
             if len(self.slowdown) != self.workers:
                 raise ValueError(f"slowdown must list one factor per worker ({self.workers}), got {len(self.slowdown)}")
+        if self.storage_path is not None and "://" in self.storage_path:
+            scheme = self.storage_path.split("://", 1)[0]
+            if scheme not in STORAGE_SCHEMES:
+                raise ValueError(f"storage_path must be a local path or a URI with scheme {', '.join(STORAGE_SCHEMES)}"
+                                 f" (read through pyarrow.fs), got {self.storage_path!r}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
         return self

@@ -7,6 +7,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import torch
 import pandas as pd
 import pytest
 
@@ -195,6 +196,22 @@ def test_a_running_job_survives_an_api_restart(ray_cluster, tmp_path):
     finally:
         finish_jobs(server)
         server.stop()
+
+
+def test_a_trial_that_crashes_fails_its_job_with_its_own_error(api_server):
+    # The session's Ray advertises a GPU that torch cannot use: a cuda trial is placed, and crashes in torch. (A
+    # step that fails at every try is tested in tests/training/test_faults.py: a value that makes workers crash,
+    # such as slowdown 1e15, can no longer reach them through the API, which bounds every number.)
+    if torch.cuda.is_available():
+        pytest.skip("the crashing trial needs a machine without CUDA")
+    spec = {"name": "failing", "epochs": 1, "batch_size": 64, "device": "cuda"}
+    with api_server.client() as client:
+        job = submit(client, spec)
+        done = api_server.wait_for(job["id"], lambda j: j["status"] not in ("queued", "running"))
+        trials = client.get(f"/jobs/{job['id']}/trials").json()
+    assert done["status"] == "failed" and done["progress"]["failed"] == 1
+    assert done["error"].startswith("all 1 trials failed; first error: ") and trials[0]["status"] == "failed"
+    assert trials[0]["error"] and trials[0]["error"] in done["error"]  # the trial's own text, in the job's
 
 
 def test_a_job_whose_driver_died_is_marked_failed(api_server):

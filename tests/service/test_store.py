@@ -1,5 +1,6 @@
-"""The job store on a real SQLite file: who may create a database, what makes it unwritable, and the job state
-machine under a race (the same race on PostgreSQL is in test_postgres.py)."""
+"""The job store on a real SQLite file (no service): who may create a database, what makes it unwritable, the job
+state machine under a race (the same race on PostgreSQL is in test_postgres.py), and what the job driver writes
+while a sweep runs, and what progress then says."""
 
 import os
 import sqlite3
@@ -8,6 +9,7 @@ import threading
 import pytest
 
 from abray.service import store
+from abray.training.epochs import EpochMetrics
 
 
 def sqlite_url(path) -> str:
@@ -127,3 +129,28 @@ def test_cancel_racing_the_schedulers_claim_has_one_winner_on_sqlite(tmp_path):
     url = sqlite_url(tmp_path / "abray.db")
     store.connect(url, create=True).dispose()
     assert_one_winner(race_cancel_against_claim(url))
+
+
+def epoch(n: int, accuracy: float) -> EpochMetrics:
+    return EpochMetrics(epoch=n, steps=22 * n, train_loss=1.0 / n, test_loss=1.0 / n, test_accuracy=accuracy,
+                        wall_time=0.5, lr_now=0.03, staleness_hist={2: 22})
+
+
+def test_an_epoch_reported_twice_is_one_row_and_counts_once(tmp_path):
+    sessions = store.session_factory(store.connect(sqlite_url(tmp_path / "jobs.db"), create=True))
+    with sessions.begin() as session:
+        job = store.Job(name="j", status="running", spec={}, total_trials=1, storage=str(tmp_path))
+        session.add(job)
+        session.flush()
+        job_id = job.id
+        store.record_trial(session, job_id, "t1", {"optimizer": "ab"}, "running")
+    # a trial restarted by a resumed sweep reports its epochs again; the later report wins
+    for n, accuracy in [(1, 0.5), (2, 0.6), (1, 0.55), (2, 0.65), (3, 0.7)]:
+        with sessions.begin() as session:
+            store.record_epoch(session, job_id, "t1", epoch(n, accuracy))
+    with sessions() as session:
+        frame = store.results_frame(session, job_id)
+        progress = store.progress(session, session.get(store.Job, job_id))
+        assert progress["epochs"] == len(frame) == 3 == store.epochs_reported(session, job_id)
+        assert frame.set_index("epoch").test_accuracy.to_dict() == {1: 0.55, 2: 0.65, 3: 0.7}
+        assert session.get(store.Trial, (job_id, "t1")).test_accuracy == 0.7

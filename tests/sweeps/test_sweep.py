@@ -7,8 +7,8 @@ import torch
 from abray.results import CONFIG_COLUMNS, METRIC_COLUMNS, load_tune_experiment, summarize, trial_status
 from abray.results.report import report
 from abray.sweeps.spec import load_spec_file, parse_spec
-from abray.sweeps.tune import run_sweep
-from abray.training.config import ConfigError
+from abray.sweeps.tune import CHECKPOINTS_FOLDER, run_sweep, trial_resources
+from abray.training.config import ConfigError, TrainConfig
 
 
 @pytest.mark.parametrize(
@@ -80,10 +80,22 @@ def test_spec_expands_the_grid():
     assert parse_spec({"search": "random", "num_samples": 7, "grid": {"lr": [0.1, 0.01]}}).size == 7
 
 
+def test_a_trial_reserves_what_it_computes_on():
+    def bundles(**values):
+        return trial_resources(TrainConfig.model_validate(values)).bundles
+
+    assert bundles(device="cpu") == [{"CPU": 1.0}]
+    assert bundles(device="cuda") == [{"CPU": 1.0, "GPU": 1.0}]  # a simulated run on a GPU holds one
+    assert bundles(mode="free", workers=2, device="cuda") == [{"CPU": 1.0}] * 3  # its workers compute, on CPUs
+    assert bundles(mode="distributed", workers=2, gpus_per_worker=0.5) == [{"CPU": 1.0}] + [{"CPU": 1.0,
+                                                                                              "GPU": 0.5}] * 2
+
+
 @pytest.mark.usefixtures("ray_cluster")
 def test_sweep_runs_on_tune_with_diverged_and_crashed_trials_as_results(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("the crashing trial needs a machine without CUDA")
+    # the session's cluster advertises a GPU that torch cannot use: the cuda trials get it, one at a time, and crash
     spec = parse_spec({"name": "t", "storage": str(tmp_path), "epochs": 2, "batch_size": 64,
                        "grid": {"optimizer": ["sgdm", "ab"], "lr": [0.03, 1e6], "device": ["cpu", "cuda"]}})
     lines = []
@@ -121,10 +133,16 @@ def test_sweep_runs_on_tune_with_diverged_and_crashed_trials_as_results(tmp_path
 def test_distributed_trials_reserve_their_server_and_workers(tmp_path):
     # each trial needs 1 + 2 CPUs of the session's 4: the placement groups let one run at a time, no deadlock
     spec = parse_spec({"name": "d", "storage": str(tmp_path), "epochs": 1, "batch_size": 64, "mode": "free",
-                       "workers": 2, "grid": {"optimizer": ["ab", "sgdm"]}})
-    frame = load_tune_experiment(run_sweep(spec, write=lambda line: None))
+                       "workers": 2, "keep_checkpoints": True, "grid": {"optimizer": ["ab", "sgdm"]}})
+    path = run_sweep(spec, write=lambda line: None)
+    frame = load_tune_experiment(path)
     assert sorted(frame.optimizer) == ["ab", "sgdm"]
     assert (frame["mode"] == "free").all() and (frame.workers == 2).all() and (frame.staleness_mean > 0).all()
+    # each trial's server checkpointed in a folder of its own inside the sweep's (kept: keep_checkpoints)
+    folders = sorted((path / CHECKPOINTS_FOLDER).iterdir())
+    saved = [torch.load(f / "checkpoint.pt", weights_only=False) for f in folders]
+    assert len(folders) == 2 and [s["run_id"] for s in saved] == [f.name for f in folders]
+    assert sorted(s["history"][-1].test_accuracy for s in saved) == sorted(frame.test_accuracy)
 
 
 @pytest.mark.usefixtures("ray_cluster")
@@ -147,5 +165,12 @@ def test_a_trial_bigger_than_a_fixed_cluster_is_refused_before_tune_starts(tmp_p
                        "grid": {"delay": [0]}})
     with pytest.raises(ConfigError, match=rf"a free trial needs {cpus + 1:g} CPUs \(1 for the trial \+ "
                                           rf"{cpus:g} workers x 1\), but the Ray cluster has {cpus:g}"):
+        run_sweep(spec, fixed_cluster=True)
+    gpus = ray.cluster_resources().get("GPU", 0)
+    spec = parse_spec({"name": "big", "storage": str(tmp_path), "mode": "distributed", "workers": 2,
+                       "gpus_per_worker": gpus, "grid": {"delay": [0], "device": ["cpu"]}})
+    with pytest.raises(ConfigError, match=rf"a distributed trial needs {2 * gpus:g} GPUs \(2 workers x {gpus:g}\), "
+                                          rf"but the Ray cluster has {gpus:g} and cannot grow; lower workers or "
+                                          "gpus_per_worker"):
         run_sweep(spec, fixed_cluster=True)
     assert not (tmp_path / "big").exists()

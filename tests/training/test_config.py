@@ -16,6 +16,9 @@ from abray.training.config import ConfigError, load_config_file, parse_config
         ({"epochs": 0}, "epochs: Input should be greater than or equal to 1"),
         ({"learning_rate": 0.1}, "learning_rate: unknown field$"),
         ({"device": "tpu"}, "device must be 'cpu' or 'cuda"),
+        ({"storage_path": "ftp://host/runs"}, "storage_path must be a local path or a URI with scheme file, s3, gs"),
+        ({"step_retries": 101}, "step_retries: Input should be less than or equal to 100"),
+        ({"step_retries": -1}, "step_retries: Input should be greater than or equal to 0"),
     ],
 )
 def test_config_validation_messages(values, match):
