@@ -33,6 +33,10 @@ class Settings(BaseModel):
     heartbeat_timeout_s: float = Field(60.0, gt=0, description="a running job silent this long is failed")
     cancel_grace_s: float = Field(30.0, ge=0, description="how long a cancelled job may take to stop its trials")
     poll_s: float = Field(1.0, gt=0, description="the scheduler's period")
+    ray_dashboard_url: Optional[str] = Field(None, description="Ray's dashboard, linked from /dashboard when it "
+                                                               "answers; default: the local head's")
+    grafana_url: Optional[str] = Field(None, description="Grafana, linked from /dashboard when it answers; "
+                                                         "default: RAY_GRAFANA_HOST, as Ray's dashboard uses it")
     # what a request may ask for
     host: str = Field("127.0.0.1", max_length=255, description="the address the service listens on")
     allowed_hosts: Optional[list[str]] = Field(

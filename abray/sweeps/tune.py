@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -18,6 +19,33 @@ from ..training.config import ConfigError, TrainConfig
 from .spec import SweepSpec
 
 CHECKPOINTS_FOLDER = "parameter-servers"
+
+
+def result_loggers() -> list:
+    """Tune's result files: result.json (what abray.results reads) and progress.csv, and TensorBoard's event
+    files only when TensorBoard is installed (else Tune would tell people to run a `tensorboard` they lack)."""
+    from importlib.util import find_spec
+
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
+
+    loggers = [JsonLoggerCallback(), CSVLoggerCallback()]
+    if find_spec("tensorboard") is not None:
+        loggers.append(TBXLoggerCallback())
+    return loggers
+
+
+@contextmanager
+def _no_default_loggers():
+    """Tune adds its default loggers (TensorBoard's among them) unless this is set while it builds its callbacks."""
+    before = os.environ.get("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"]
+        else:
+            os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = before
 
 
 def trial_resources(config: TrainConfig):
@@ -158,11 +186,12 @@ def run_sweep(spec: SweepSpec, resume: bool = False, write: Callable[[str], None
             tune_config=tune.TuneConfig(num_samples=opts.num_samples, scheduler=scheduler,
                                         max_concurrent_trials=opts.max_concurrent, reuse_actors=True),
             run_config=tune.RunConfig(name=opts.name, storage_path=storage, verbose=0,
-                                      callbacks=[progress.callback, *callbacks], stop=stop,
+                                      callbacks=[progress.callback, *result_loggers(), *callbacks], stop=stop,
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
     start = time.perf_counter()
-    tuner.fit()
+    with _no_default_loggers():
+        tuner.fit()
     # every trial is over: what a stopped or cancelled trial left behind goes too, unless checkpoints are kept
     remove_folder(checkpoints, only_if_empty=any(t.get("keep_checkpoints") for t in spec.trials))
     write(f"sweep finished in {time.perf_counter() - start:.0f} s: {path}")

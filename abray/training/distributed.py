@@ -26,7 +26,7 @@ import torch
 from ray.exceptions import RayError
 
 from .checkpoints import CheckpointError, RunFolder, storage_uri
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .data import DataSplit
 from .dispatch import Driver
 from .epochs import EpochMetrics
@@ -37,8 +37,9 @@ from .parameter_server import ParameterServerState, TrainingFailed  # noqa: F401
 DEFAULT_CHECKPOINT_ROOT = "runs/checkpoints"
 
 
-class ResourceError(ValueError):
-    """The cluster cannot hold the requested workers; raised before any actor starts."""
+class ResourceError(ConfigError):
+    """The cluster cannot hold the requested workers; raised before any actor starts (a config that cannot run
+    here, so the CLI reports it as it reports any other)."""
 
 
 @ray.remote
@@ -178,10 +179,12 @@ def check_resources(config: TrainConfig) -> None:
     need_cpu, need_gpu = config.workers * config.cpus_per_worker, config.workers * config.gpus_per_worker
     if need_gpu > gpus:
         raise ResourceError(f"workers x gpus_per_worker = {config.workers} x {config.gpus_per_worker:g} = "
-                            f"{need_gpu:g} GPUs requested, but the Ray cluster has {gpus:g}")
+                            f"{need_gpu:g} GPUs requested, but the Ray cluster has {gpus:g}; lower workers or "
+                            "gpus_per_worker")
     if need_cpu > cpus:
         raise ResourceError(f"workers x cpus_per_worker = {config.workers} x {config.cpus_per_worker:g} = "
-                            f"{need_cpu:g} CPUs requested, but the Ray cluster has {cpus:g}")
+                            f"{need_cpu:g} CPUs requested, but the Ray cluster has {cpus:g}; lower workers or "
+                            "cpus_per_worker")
 
 
 def ensure_ray() -> None:

@@ -1,12 +1,15 @@
-"""/health: whether the database answers and takes writes, and whether the job cluster (Ray) is reachable.
+"""/health: whether the database answers and takes writes, whether the job cluster (Ray) is reachable, and the
+monitoring pages that run next to it (Ray's dashboard, Grafana), for the results dashboard to link to.
 
 The status code always tells (200 ok, 503 degraded); when reads need the token, the details (the database's
-URL, the Ray address, job counts) are shown only with it.
+URL, the Ray address, job counts, the links) are shown only with it.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Optional
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Request, Response, status
 from fastapi.security import HTTPAuthorizationCredentials
@@ -14,7 +17,8 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from abray.service import store
-from abray.service.cluster import answers
+from abray.service.cluster import answers, head_record
+from abray.service.settings import Settings
 
 from ..deps import bearer, get_session, token_ok
 from ..schemas import Health
@@ -60,4 +64,19 @@ def health(request: Request, response: Response, session: Session = Depends(get_
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     if request.app.state.settings.reads_need_token and not token_ok(request, credentials):
         return Health(status="ok" if ok else "degraded")
-    return Health(status="ok" if ok else "degraded", database=database, ray=ray, jobs=counts)
+    return Health(status="ok" if ok else "degraded", database=database, ray=ray, jobs=counts,
+                  links=links(request.app.state.settings, scheduler.fixed_cluster))
+
+
+def links(settings: Settings, local_head: bool) -> dict[str, str]:
+    """Ray's dashboard and Grafana, those of them that answer: configured, or the service's own local head's."""
+    record = head_record(settings.storage) if local_head else None
+    candidates = {"ray_dashboard": settings.ray_dashboard_url or (record or {}).get("dashboard_url"),
+                  "grafana": settings.grafana_url or os.environ.get("RAY_GRAFANA_HOST")}
+    return {name: url for name, url in candidates.items() if url and _url_answers(url)}
+
+
+def _url_answers(url: str) -> bool:
+    parts = urlsplit(url if "//" in url else f"http://{url}")
+    port: Optional[int] = parts.port or (443 if parts.scheme == "https" else 80)
+    return bool(parts.hostname) and answers(f"{parts.hostname}:{port}", timeout=0.5)

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from abray.results.schema import FORMATS, frame_bytes
-from abray.results.summary import summarize
+from abray.results.summary import SUMMARY_COLUMNS, summarize
 from abray.service import store
 from abray.service.admission import admit
 from abray.service.settings import Settings
@@ -174,8 +174,13 @@ def results(request: Request, format: Literal[tuple(FORMATS)] = "json", job: sto
 @router.get("/{job_id}/summary", response_model=Summary, dependencies=[Depends(require_read)],
             responses={**NOT_FOUND, **READ})
 def summary(request: Request, job: store.Job = Depends(get_job), session: Session = Depends(get_session)) -> Summary:
-    """Final test accuracy by optimizer and delay (mean and std over seeds), with trial and divergence counts."""
-    rows = request.app.state.result_cache.get(
-        (job.id, "summary"), store.epochs_reported(session, job.id),
-        lambda: summarize(store.results_frame(session, job.id)).to_json(orient="records").encode())
-    return Summary(job_id=job.id, status=job.status, rows=json.loads(rows))
+    """Final test accuracy (percent) per setting (optimizer, delay and every other swept field): mean and std
+    over seeds, with trial and divergence counts. The same summary as `abray results`."""
+    def build() -> bytes:
+        table = summarize(store.results_frame(session, job.id))
+        keys = [c for c in table.columns if c not in SUMMARY_COLUMNS]
+        return json.dumps({"group_by": keys, "rows": json.loads(table.to_json(orient="records"))}).encode()
+
+    body = json.loads(request.app.state.result_cache.get((job.id, "summary"), store.epochs_reported(session, job.id),
+                                                         build))
+    return Summary(job_id=job.id, status=job.status, **body)
