@@ -174,7 +174,7 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
         field = Settings.model_fields[name]
         default = field.get_default(call_default_factory=True)
         shown = Settings.DEFAULT_HOSTS if name == "allowed_hosts" else "none" if default in (None, []) else default
-        text = f"{field.description or name.replace('_', ' ')} (default {shown}; env {ENV[name]})"
+        text = f"{field.description or name.replace('_', ' ')} (default: {shown}; env {ENV[name]})"
         flag = "--" + name.replace("_", "-")
         if field.annotation is bool:
             parser.add_argument(flag, dest=name, action="store_const", const="1", default=None, help=text)

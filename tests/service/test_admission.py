@@ -117,6 +117,6 @@ def test_the_limits_are_serve_flags_with_their_defaults_in_help(capsys):
                                ("--data-roots", "none", "ABRAY_DATA_ROOTS"),
                                ("--allow-download", "False", "ABRAY_ALLOW_DOWNLOAD"), ("--port", "8000", None)]:
         help_text = text.split(f"{flag} ", 2)[-1]
-        assert f"default {default}" in help_text.split(" --")[0], flag
+        assert f"default: {default}" in help_text.split(" --")[0], flag
         assert env is None or env in help_text.split(" --")[0], flag
     assert "--allowed-hosts" in text and "localhost's names" in text
