@@ -246,7 +246,7 @@ def test_generated_token_is_printed_once_and_reads_can_need_it(ray_cluster, tmp_
         assert httpx.get(f"{server.url}/jobs/1/results").status_code == 401
         # /health: its status for anyone; the database's path and the Ray address only with the token
         assert httpx.get(f"{server.url}/health").json() == {"status": "ok", "database": None, "ray": None,
-                                                            "jobs": None}
+                                                            "jobs": None, "links": {}}
         detailed = httpx.get(f"{server.url}/health", headers=server.auth).json()
         assert str(tmp_path) in detailed["database"]["url"] and detailed["ray"]["address"] == server.ray_address
         with server.client() as client:  # the same token still works after the restart
