@@ -111,6 +111,10 @@ class ABSGD(Optimizer):
         clip_factor: clip a negative factor ``1 - rho_t c`` to 0, so a gradient aligned with the velocity
             (``c > 1 / rho_t``) is stopped rather than reversed (tensor and global granularity).
         delay: the staleness of every gradient, until ``prepare`` says otherwise; ``None``: unknown.
+        track_braking: count, at every step, the tensors braked and those whose factor ``1 - rho_t * c`` was
+            below 0 before clipping (coordinates for ``"element"``) into :attr:`braking_stats`: ``"tensors"``
+            and ``"reversed"`` (``"elements"`` and ``"reversed_elements"``); :meth:`reset_braking_stats` reads
+            and clears them. Off by default; with the factor clipped it costs nothing more.
     """
 
     def __init__(
@@ -127,6 +131,7 @@ class ABSGD(Optimizer):
         rho_ramp: float = DEFAULT_RHO_RAMP,
         clip_factor: bool = DEFAULT_CLIP_FACTOR,
         delay: Optional[int] = None,
+        track_braking: bool = False,
     ):
         defaults = dict(
             lr=lr,
@@ -142,6 +147,8 @@ class ABSGD(Optimizer):
         )
         check_hyperparameters(**{k: v for k, v in defaults.items() if k != "foreach"})
         self.staleness = None if delay is None else check_delay(delay)
+        self.track_braking = track_braking
+        self.braking_stats: dict[str, int] = {}
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict) -> None:
@@ -181,7 +188,7 @@ class ABSGD(Optimizer):
                 bufs.append(self.state[p].get("momentum_buffer"))
 
             rho = braking_strength(group["rho"], self.staleness, group["rho_ramp"])
-            grads, weight_decay = self._clip(group, rho, params, grads, bufs)
+            grads, weight_decay = self._brake_negative(group, rho, params, grads, bufs)
             absgd(params, grads, bufs, lr=group["lr"], momentum=group["momentum"], weight_decay=weight_decay,
                   nesterov=group["nesterov"], rho=rho, granularity=group["granularity"], eps=group["eps"],
                   foreach=group["foreach"])
@@ -190,23 +197,46 @@ class ABSGD(Optimizer):
                     self.state[p]["momentum_buffer"] = buf
         return loss
 
-    @staticmethod
-    def _clip(group: dict, rho: float, params, grads, bufs) -> tuple[list, float]:
-        """The gradients and weight decay to hand the kernel so that a factor 1 - rho c < 0 is clipped to 0.
+    def reset_braking_stats(self) -> dict[str, int]:
+        """The counts since the last reset (see `track_braking`), as ints; the counting starts again."""
+        counts = {key: int(value) for key, value in self.braking_stats.items()}
+        self.braking_stats.clear()
+        return counts
 
-        Where it would be negative (c > 1 / rho, per tensor or for all tensors at once) the decayed gradient is
-        replaced by zeros, which the kernel leaves unscaled (c = 0): the velocity coasts. The kernel then gets the
-        decayed gradients and no weight decay. A stopped tensor's velocity decays until |g| |v| falls to about
-        `eps`, where c does too, so a gradient that stays aligned gets through again. Element granularity is not
-        clipped: sign(g v) never fades, so a stopped coordinate could stay stopped for good.
+    def _count(self, key: str, value) -> None:
+        self.braking_stats[key] = self.braking_stats.get(key, 0) + value
+
+    def _brake_negative(self, group: dict, rho: float, params, grads, bufs) -> tuple[list, float]:
+        """Where the factor 1 - rho c would be negative: counted (with `track_braking`) and, with clip_factor,
+        clipped to 0. Returns the gradients and weight decay to hand the kernel.
+
+        A clipped tensor's decayed gradient is replaced by zeros, which the kernel leaves unscaled (c = 0): the
+        velocity coasts; the kernel then gets the decayed gradients and no weight decay. A stopped tensor's velocity
+        decays until |g| |v| falls to about `eps`, where c does too, so a gradient that stays aligned gets through
+        again. Element granularity is not clipped: sign(g v) never fades, so a stopped coordinate could stay stopped
+        for good.
         """
-        if (not group["clip_factor"] or rho <= 1.0 or group["momentum"] == 0 or group["granularity"] == "element"
-                or all(b is None for b in bufs)):
-            return grads, group["weight_decay"]  # |c| <= 1, so only rho > 1 makes a factor negative
         wd = group["weight_decay"]
+        with_velocity = [b is not None for b in bufs]
+        if rho == 0 or group["momentum"] == 0 or not any(with_velocity):
+            return grads, wd  # nothing braked
+        element = group["granularity"] == "element"
+        if self.track_braking:
+            self._count("elements" if element else "tensors",
+                        sum(g.numel() for g, has in zip(grads, with_velocity) if has) if element else sum(with_velocity))
+        clip = group["clip_factor"] and not element
+        if rho <= 1.0 or not (clip or self.track_braking):
+            if self.track_braking:
+                self._count("reversed_elements" if element else "reversed", 0)
+            return grads, wd  # |c| <= 1, so only rho > 1 makes a factor negative
         decayed = grads if wd == 0 else [g.add(p, alpha=wd) for g, p in zip(grads, params)]
-        c = cosines(decayed, bufs, group["granularity"], group["eps"], foreach=bool(group["foreach"]))
-        stopped = [bool(rho * ci > 1.0) for ci in c]
-        if not any(stopped):
+        if element:
+            self._count("reversed_elements", sum(int((g * v > 0).sum()) for g, v in zip(decayed, bufs) if v is not None))
             return grads, wd
-        return [torch.zeros_like(g) if stop else g for g, stop in zip(decayed, stopped)], 0.0
+        c = cosines(decayed, bufs, group["granularity"], group["eps"], foreach=bool(group["foreach"]))
+        negative = [bool(rho * ci > 1.0) for ci in c]
+        if self.track_braking:
+            self._count("reversed", sum(negative))
+        if not clip or not any(negative):
+            return grads, wd
+        return [torch.zeros_like(g) if stop else g for g, stop in zip(decayed, negative)], 0.0

@@ -381,3 +381,37 @@ def test_clipped_foreach_and_single_tensor_paths_agree(granularity):
     train(b, ABSGD(b.parameters(), foreach=True, **kw), 60)
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("clip_factor", [True, False])
+def test_braking_counts_tensors_and_negative_factors_before_clipping(clip_factor):
+    # velocity (1, 0) each; cosines 1, 1/sqrt(2), 1/sqrt(10): with rho 1.5 the first two factors are negative
+    ws = [torch.zeros(2, requires_grad=True) for _ in range(3)]
+    fresh = torch.zeros(2, requires_grad=True)  # no velocity yet: not braked
+    opt = ABSGD(ws + [fresh], lr=0.1, rho=1.5, clip_factor=clip_factor, track_braking=True)
+    for step in range(2):
+        for w, g in zip(ws, ([2.0, 0.0], [1.0, 1.0], [1.0, 3.0])):
+            opt.state[w]["momentum_buffer"] = torch.tensor([1.0, 0.0])
+            w.grad = torch.tensor(g)
+        fresh.grad = torch.ones(2)
+        opt.state[fresh].pop("momentum_buffer", None)
+        opt.step()
+    assert opt.reset_braking_stats() == {"tensors": 6, "reversed": 4}
+    assert opt.braking_stats == {}
+    opt.prepare(staleness=0)  # nothing stale: nothing braked, nothing counted
+    opt.step()
+    assert opt.reset_braking_stats() == {}
+
+
+def test_element_braking_counts_coordinates_with_aligned_signs():
+    w = torch.zeros(4, requires_grad=True)
+    opt = ABSGD([w], lr=0.1, rho=1.5, granularity="element", track_braking=True)
+    opt.state[w]["momentum_buffer"] = torch.tensor([1.0, 1.0, -1.0, 0.0])
+    w.grad = torch.tensor([2.0, -1.0, -3.0, 5.0])  # g v: +, -, +, 0
+    opt.step()
+    assert opt.reset_braking_stats() == {"elements": 4, "reversed_elements": 2}
+    opt = ABSGD([w], lr=0.1, rho=0.9, granularity="element", track_braking=True)  # rho < 1: never negative
+    opt.state[w]["momentum_buffer"] = torch.ones(4)
+    w.grad = torch.ones(4)
+    opt.step()
+    assert opt.reset_braking_stats() == {"elements": 4, "reversed_elements": 0}

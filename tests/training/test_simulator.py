@@ -7,19 +7,10 @@ import torch.nn.functional as F
 
 from abray.optim import ABSGD
 from abray.optim.staleness import source_version
-from abray.training.data import DataSplit, batch_indices, collate, digits
+from abray.training.data import DataSplit, batch_indices, collate
 from abray.training.models import DigitsCNN
 from abray.training.simulator import train_delayed
 
-
-@pytest.fixture(scope="module")
-def small_digits():
-    full = digits()
-    # a quarter of the data keeps these tests fast; same shapes and classes
-    idx = torch.arange(0, len(full.train), 4)
-    tx, ty = full.train.tensors
-    return DataSplit(train=torch.utils.data.TensorDataset(tx[idx], ty[idx]), test=full.test,
-                     num_classes=10, input_shape=(1, 8, 8))
 
 
 def plain_loop(model, optimizer, data, epochs, batch_size, seed):
