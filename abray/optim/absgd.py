@@ -130,15 +130,19 @@ class ABSGD(Optimizer):
                 loss = closure()
 
         for group in self.param_groups:
-            params, grads, bufs = [], [], []
+            params, grads, states, bufs = [], [], [], []
             for p in group["params"]:
-                if p.grad is None:
+                grad = p.grad
+                if grad is None:
                     continue
-                if p.grad.is_sparse:
+                if grad.is_sparse:
                     raise RuntimeError("ABSGD does not support sparse gradients")
+                state = self.state[p]
                 params.append(p)
-                grads.append(p.grad)
-                bufs.append(self.state[p].get("momentum_buffer"))
+                grads.append(grad)
+                states.append(state)
+                bufs.append(state.get("momentum_buffer"))
+            before = bufs.copy()
 
             absgd(
                 params,
@@ -154,7 +158,7 @@ class ABSGD(Optimizer):
                 foreach=group["foreach"],
                 stats=self.braking_stats if self.track_braking else None,
             )
-            if group["momentum"] != 0:
-                for p, buf in zip(params, bufs):
-                    self.state[p]["momentum_buffer"] = buf
+            for state, old, new in zip(states, before, bufs):
+                if new is not old:  # a new buffer, or a view into the kernel's flat block
+                    state["momentum_buffer"] = new
         return loss

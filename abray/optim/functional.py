@@ -114,6 +114,9 @@ def _views(buffer: Tensor, like: list[Tensor], offsets: tuple[int, ...]) -> list
 class _Workspace(NamedTuple):
     grads: Tensor  # (rows, ROW): the gradients, copied in each step; its padding stays 0
     grad_views: list[Tensor]
+    # (rows, ROW) in at least float32, for the product g * v. Kept on CPU, where a fresh buffer of a megabyte
+    # costs more in page faults than the whole reduction; an accelerator's caching allocator makes it free.
+    scratch: Optional[Tensor]
     row_owner: Tensor  # (rows,): the tensor each row belongs to
     row_counts: Tensor  # (tensors,)
 
@@ -127,9 +130,10 @@ _WORKSPACES: WeakIdKeyDictionary = WeakIdKeyDictionary()
 def _make_workspace(params: list[Tensor], layout: _Layout) -> _Workspace:
     p = params[0]
     grads = p.new_zeros(layout.rows, ROW)
+    scratch = grads.new_empty(grads.shape, dtype=_sum_dtype(p.dtype)) if p.device.type == "cpu" else None
     counts = torch.tensor(layout.row_counts, device=p.device)
     owner = torch.repeat_interleave(torch.arange(len(params), device=p.device), counts, output_size=layout.rows)
-    return _Workspace(grads, _views(grads, params, layout.offsets), owner, counts)
+    return _Workspace(grads, _views(grads, params, layout.offsets), scratch, owner, counts)
 
 
 def _is_block_velocity(base: Optional[Tensor], bufs: list[Optional[Tensor]], layout: _Layout) -> bool:
@@ -138,11 +142,18 @@ def _is_block_velocity(base: Optional[Tensor], bufs: list[Optional[Tensor]], lay
                     for b, o in zip(bufs, layout.offsets)))
 
 
-def _block_sums(grads: Tensor, velocities: Tensor, row_counts: Tensor) -> Tensor:
+def _block_sums(grads: Tensor, velocities: Tensor, row_counts: Tensor, scratch: Optional[Tensor] = None) -> Tensor:
     """(tensors, 3): each tensor's <g, v>, ||g||^2, ||v||^2, summed over its rows in at least float32."""
     dtype = _sum_dtype(grads.dtype)
-    g, v = grads.to(dtype), velocities.to(dtype)
-    per_row = torch.stack([(g * v).sum(1), (g * g).sum(1), (v * v).sum(1)], 1)
+    if scratch is None:
+        scratch = grads.new_empty(grads.shape, dtype=dtype)
+    if grads.dtype == dtype:
+        torch.mul(grads, velocities, out=scratch)
+    else:  # multiply in float32: a float16 product underflows or overflows
+        scratch.copy_(grads).mul_(velocities)
+    per_row = torch.stack([scratch.sum(1), torch.linalg.vector_norm(grads, dim=1, dtype=dtype),
+                           torch.linalg.vector_norm(velocities, dim=1, dtype=dtype)], 1)
+    per_row[:, 1:].square_()
     # unsafe: the lengths are right by construction, and checking them would read them back (a sync)
     return torch.segment_reduce(per_row, "sum", lengths=row_counts, axis=0, unsafe=True)
 
@@ -150,12 +161,14 @@ def _block_sums(grads: Tensor, velocities: Tensor, row_counts: Tensor) -> Tensor
 class _FlatBlock:
     """The small tensors of one device and dtype, stepped as rows of two (rows, ROW) buffers."""
 
-    def __init__(self, params: list[Tensor], grads: list[Tensor], bufs: list[Optional[Tensor]], weight_decay: float):
-        layout = _layout(tuple(p.numel() for p in params))
+    def __init__(self, params: list[Tensor], grads: list[Tensor], bufs: list[Optional[Tensor]], weight_decay: float,
+                 numels: tuple[int, ...]):
+        layout = _layout(numels)
         self.params = params
         self.with_velocity = [b is not None for b in bufs]
         base = bufs[0]._base if bufs[0] is not None else None
-        if _is_block_velocity(base, bufs, layout):
+        self.adopted = not _is_block_velocity(base, bufs, layout)
+        if not self.adopted:
             self.velocity, self.velocity_views = base, bufs
         else:  # first step, or buffers from a state dict: adopt them (one copy); a missing one starts at 0
             self.velocity = params[0].new_zeros(layout.rows, ROW)
@@ -170,7 +183,7 @@ class _FlatBlock:
             torch._foreach_add_(self.work.grad_views, params, alpha=weight_decay)
 
     def sums(self) -> Tensor:
-        return _block_sums(self.work.grads, self.velocity, self.work.row_counts)
+        return _block_sums(self.work.grads, self.velocity, self.work.row_counts, self.work.scratch)
 
     def step(self, factors: Tensor, *, lr: float, momentum: float, nesterov: bool) -> None:
         """factors: one per tensor, or one for all; a zero velocity gets v = factor * g, so the caller gives
@@ -188,7 +201,9 @@ class _FlatBlock:
         if stats is not None:  # a coordinate without velocity has sign(v) = 0: neither braked nor reversed
             _count(stats, "elements", sum(p.numel() for p, has in zip(self.params, self.with_velocity) if has))
             _count(stats, "reversed_elements", (_element_signs(g, v) > 0).sum() if rho > 1 else 0)
-        g.addcmul_(g.abs(), torch.sign(v), value=-rho)
+        scratch = self.work.scratch
+        signs = torch.sign(v) if scratch is None else scratch.copy_(v).sign_()
+        g.addcmul_(g.abs(), signs, value=-rho)
         v.mul_(momentum).add_(g)
         self._update(lr=lr, momentum=momentum, nesterov=nesterov, braked=None)
 
@@ -450,16 +465,20 @@ def _multi_tensor_absgd(params, grads, momentum_buffers, *, lr, momentum, weight
     parts = []  # (flat block or None, large tensors) per device and dtype
     for (device_params, device_grads, device_bufs), indices in grouped.values():
         limit = flat_max_numel(device_params[0].device)
-        small = [i for i, p in enumerate(device_params) if p.numel() <= limit]
+        numels = [p.numel() for p in device_params]
+        small = range(len(numels)) if max(numels) <= limit else [i for i, n in enumerate(numels) if n <= limit]
         block = None
-        if small:
+        if len(small) == len(numels):
+            block = _FlatBlock(device_params, device_grads, device_bufs, weight_decay, tuple(numels))
+        elif small:
             block = _FlatBlock([device_params[i] for i in small], [device_grads[i] for i in small],
-                               [device_bufs[i] for i in small], weight_decay)
+                               [device_bufs[i] for i in small], weight_decay, tuple(numels[i] for i in small))
+        if block is not None and block.adopted:
             for i, view in zip(small, block.velocity_views):
                 momentum_buffers[indices[i]] = view
         large = []
         for i, (p, g, b) in enumerate(zip(device_params, device_grads, device_bufs)):
-            if p.numel() > limit:
+            if numels[i] > limit:
                 if weight_decay != 0:
                     g = g.add(p, alpha=weight_decay)
                 if b is None:  # as torch's SGD: v = g, unbraked
