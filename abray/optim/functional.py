@@ -79,11 +79,14 @@ def _cosine(dot, gg, vv, eps: float):
 def _pair_sums(g: Tensor, v: Optional[Tensor]) -> Tensor:
     """(<g, v>, ||g||^2, ||v||^2) of one tensor as a tensor of 3 in at least float32; v = None counts as 0."""
     g = g.reshape(-1).to(_sum_dtype(g.dtype))
-    gg = torch.dot(g, g)
+    gn = torch.linalg.vector_norm(g)  # one read of g, where dot(g, g) reads it twice
     if v is None:
-        return torch.stack([gg.new_zeros(()), gg, gg.new_zeros(())])
-    v = v.reshape(-1).to(g.dtype)
-    return torch.stack([torch.dot(g, v), gg, torch.dot(v, v)])
+        sums = torch.stack([gn.new_zeros(()), gn, gn.new_zeros(())])
+    else:
+        v = v.reshape(-1).to(g.dtype)
+        sums = torch.stack([torch.dot(g, v), gn, torch.linalg.vector_norm(v)])
+    sums[1:].square_()
+    return sums
 
 
 def _element_signs(g: Tensor, v: Tensor) -> Tensor:
@@ -446,7 +449,11 @@ def _multi_tensor_sgd(params, grads, momentum_buffers, *, lr, momentum, weight_d
 class _LargeTensor(NamedTuple):
     param: Tensor
     grad: Tensor  # weight decay applied
-    buf: Optional[Tensor]
+    buf: Tensor
+    fresh: bool  # its buffer was just created as a copy of grad (v = 0 before): stepped unbraked, as by SGD
+
+    def step_fresh(self, *, lr: float, momentum: float, nesterov: bool) -> None:
+        self.param.add_(self.grad.add(self.buf, alpha=momentum) if nesterov else self.buf, alpha=-lr)
 
 
 def _multi_tensor_absgd(params, grads, momentum_buffers, *, lr, momentum, weight_decay, nesterov, rho,
@@ -481,21 +488,25 @@ def _multi_tensor_absgd(params, grads, momentum_buffers, *, lr, momentum, weight
             if numels[i] > limit:
                 if weight_decay != 0:
                     g = g.add(p, alpha=weight_decay)
-                if b is None:  # as torch's SGD: v = g, unbraked
+                fresh = b is None
+                if fresh:
                     b = torch.clone(g).detach()
                     momentum_buffers[indices[i]] = b
-                    p.add_(g.add(b, alpha=momentum) if nesterov else b, alpha=-lr)
-                else:
-                    large.append(_LargeTensor(p, g, b))
+                large.append(_LargeTensor(p, g, b, fresh))
         parts.append((block, large))
 
+    for _, large in parts:
+        for t in large:
+            if t.fresh:
+                t.step_fresh(**hyper)
     if granularity == "element":
         for block, large in parts:
             if block is not None:
                 block.step_element(rho, stats=stats, **hyper)
             for t in large:
-                _count_element_reversals(stats, t.grad, t.buf, rho)
-                _step_tensor_element(t.param, t.grad, t.buf, rho, **hyper)
+                if not t.fresh:
+                    _count_element_reversals(stats, t.grad, t.buf, rho)
+                    _step_tensor_element(t.param, t.grad, t.buf, rho, **hyper)
         return
     if granularity == "global":
         _global_step(parts, rho, eps, stats, hyper)
@@ -508,6 +519,8 @@ def _multi_tensor_absgd(params, grads, momentum_buffers, *, lr, momentum, weight
                 _count(stats, "reversed", (factors < 0).sum())
             block.step(factors, **hyper)
         for t in large:
+            if t.fresh:
+                continue
             factor = 1 - rho * _cosine(*_read_back_on_cpu(_pair_sums(t.grad, t.buf)), eps)
             if stats is not None:
                 _count(stats, "tensors", 1)
@@ -527,11 +540,12 @@ def _global_step(parts, rho: float, eps: float, stats: Optional[dict], hyper: di
     for block, large in parts:
         if block is not None:
             partial.append(block.sums().sum(0))
-        partial.extend(_pair_sums(t.grad, t.buf) for t in large)
+        # a fresh tensor's velocity counts as 0 (its buffer holds g already), but its gradient counts in ||g||
+        partial.extend(_pair_sums(t.grad, None if t.fresh else t.buf) for t in large)
     factor = 1 - rho * _cosine(*_sum_on_first_device(partial), eps)
     if stats is not None:
         braked = sum(sum(block.with_velocity) if block is not None else 0 for block, _ in parts)
-        braked += sum(len(large) for _, large in parts)
+        braked += sum(not t.fresh for _, large in parts for t in large)
         _count(stats, "tensors", braked)
         _count(stats, "reversed", (factor < 0) * braked)
     for block, large in parts:
@@ -542,7 +556,8 @@ def _global_step(parts, rho: float, eps: float, stats: Optional[dict], hyper: di
                 on_device = torch.where(has, on_device, torch.ones_like(on_device))
             block.step(on_device, **hyper)
         for t in large:
-            _step_tensor(t.param, t.grad, t.buf, _read_back_on_cpu(factor.to(t.buf.device)), **hyper)
+            if not t.fresh:
+                _step_tensor(t.param, t.grad, t.buf, _read_back_on_cpu(factor.to(t.buf.device)), **hyper)
 
 
 def _sum_on_first_device(partial: list[Tensor]) -> Tensor:
