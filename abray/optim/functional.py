@@ -139,8 +139,10 @@ def _make_workspace(params: list[Tensor], layout: _Layout) -> _Workspace:
     return _Workspace(grads, _views(grads, params, layout.offsets), scratch, owner, counts)
 
 
-def _is_block_velocity(base: Optional[Tensor], bufs: list[Optional[Tensor]], layout: _Layout) -> bool:
+def _is_block_velocity(base: Optional[Tensor], bufs: list[Optional[Tensor]], layout: _Layout, like: Tensor) -> bool:
+    """Whether `bufs` are the views into `base`, one of ours, laid out as `layout` on like's device and dtype."""
     return (base is not None and base in _WORKSPACES and base.shape == (layout.rows, ROW)
+            and base.device == like.device and base.dtype == like.dtype
             and all(b is not None and b._base is base and b.storage_offset() == o
                     for b, o in zip(bufs, layout.offsets)))
 
@@ -170,7 +172,7 @@ class _FlatBlock:
         self.params = params
         self.with_velocity = [b is not None for b in bufs]
         base = bufs[0]._base if bufs[0] is not None else None
-        self.adopted = not _is_block_velocity(base, bufs, layout)
+        self.adopted = not _is_block_velocity(base, bufs, layout, params[0])
         if not self.adopted:
             self.velocity, self.velocity_views = base, bufs
         else:  # first step, or buffers from a state dict: adopt them (one copy); a missing one starts at 0

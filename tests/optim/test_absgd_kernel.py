@@ -85,7 +85,8 @@ def test_half_precision_cosines_are_summed_in_float32(dtype, foreach):
     for granularity in ("tensor", "global"):
         c = cosines(g, v, granularity, eps=1e-8, foreach=foreach)
         if granularity == "tensor":
-            exact = [float((a.double() * b.double()).sum() / (a.double().norm() * b.double().norm())) for a, b in zip(g, v)]
+            exact = [float((a.double() * b.double()).sum() / (a.double().norm() * b.double().norm()))
+                     for a, b in zip(g, v)]
         else:
             dot = sum(float((a.double() * b.double()).sum()) for a, b in zip(g, v))
             exact = [dot / math.sqrt(sum(float(a.double().norm()) ** 2 for a in g)
@@ -198,6 +199,26 @@ def test_a_replaced_momentum_buffer_is_the_one_used():
         train_mixed(model, opt, 3)
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+
+
+def test_velocities_follow_parameters_cast_to_another_dtype():
+    gen = torch.Generator().manual_seed(6)
+    params = [torch.randn(s, generator=gen).requires_grad_() for s in [(4,), (2, 3)]]
+    kw = dict(lr=0.1, momentum=0.9, rho=1.5, granularity="tensor")
+    opt = ABSGD(params, foreach=True, **kw)
+    for _ in range(2):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen)
+        opt.step()
+    for p in params:  # as model.double() does
+        p.data = p.data.double()
+        p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+    before = [p.detach().clone() for p in params]
+    velocities = [opt.state[p]["momentum_buffer"].double() for p in params]
+    opt.step()
+    expected, expected_velocities = reference_step(before, [p.grad for p in params], velocities, **kw)
+    assert_close_to_reference(params, expected, torch.float64)
+    assert_close_to_reference([opt.state[p]["momentum_buffer"] for p in params], expected_velocities, torch.float64)
 
 
 def test_zero_size_tensors_are_stepped_with_the_rest():
