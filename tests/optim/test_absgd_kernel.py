@@ -242,41 +242,35 @@ def braking_counts(grads, velocities, *, rho, granularity, foreach):
     return stats
 
 
-@pytest.mark.parametrize("foreach", PATHS)
-def test_braking_counts_per_tensor_by_hand(foreach):
-    big = torch.ones(FLAT_MAX_NUMEL_CPU + 1)  # stepped on its own by the foreach path
-    grads = [torch.tensor([2.0, 0.0]), torch.tensor([-1.0, 0.0]), torch.tensor([1.0, 1.0]), big]
-    velocities = [torch.tensor([1.0, 0.0]), torch.tensor([1.0, 0.0]), None, big.clone()]
-    # c = 1, -1, (no velocity: not braked), 1; factors 1 - 1.5 c = -0.5, 2.5, -, -0.5
-    assert braking_counts(grads, velocities, rho=1.5, granularity="tensor", foreach=foreach) == \
-        {"tensors": 3, "reversed": 2}
-    # rho = 0.5: factors 0.5, 1.5, -, 0.5; rho = 0 brakes nothing
-    assert braking_counts(grads, velocities, rho=0.5, granularity="tensor", foreach=foreach) == \
-        {"tensors": 3, "reversed": 0}
-    assert braking_counts(grads, velocities, rho=0.0, granularity="tensor", foreach=foreach) == \
-        {"tensors": 0, "reversed": 0}
-
-
-@pytest.mark.parametrize("foreach", PATHS)
-def test_braking_counts_global_by_hand(foreach):
-    grads = [torch.tensor([2.0, 0.0]), torch.tensor([0.0, 1.0])]
-    velocities = [torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])]
+# gradients, velocities ("big": ones of FLAT_MAX_NUMEL_CPU + 1 elements, which the foreach path steps on its own;
+# None: no velocity yet), and the counts expected at each rho, worked out by hand
+BRAKING_CASES = {
+    # c = 1, -1, (no velocity: not braked), 1; factors 1 - rho c at rho 1.5: -0.5, 2.5, -, -0.5; at 0.5: 0.5,
+    # 1.5, -, 0.5; rho = 0 brakes nothing
+    "tensor": ([[2.0, 0.0], [-1.0, 0.0], [1.0, 1.0], "big"], [[1.0, 0.0], [1.0, 0.0], None, "big"],
+               {1.5: {"tensors": 3, "reversed": 2}, 0.5: {"tensors": 3, "reversed": 0},
+                0.0: {"tensors": 0, "reversed": 0}}),
     # <g, v> = 3, ||g|| = sqrt 5, ||v|| = sqrt 2: c = 0.9487; factor 1 - rho c < 0 iff rho > 1.054
-    assert braking_counts(grads, velocities, rho=1.1, granularity="global", foreach=foreach) == \
-        {"tensors": 2, "reversed": 2}
-    assert braking_counts(grads, velocities, rho=1.0, granularity="global", foreach=foreach) == \
-        {"tensors": 2, "reversed": 0}
+    "global": ([[2.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [0.0, 1.0]],
+               {1.1: {"tensors": 2, "reversed": 2}, 1.0: {"tensors": 2, "reversed": 0}}),
+    # sign(g v) = 1, -1, -1, 0: factors 1 - 1.5 sign = -0.5, 2.5, 2.5, 1; the second tensor has no velocity
+    "element": ([[1.0, -2.0, 3.0, 0.0], [5.0]], [[1.0, 1.0, -1.0, 1.0], None],
+                {1.5: {"elements": 4, "reversed_elements": 1}, 1.0: {"elements": 4, "reversed_elements": 0}}),
+}
+
+
+def as_tensors(values):
+    return [None if v is None else torch.ones(FLAT_MAX_NUMEL_CPU + 1) if v == "big" else torch.tensor(v)
+            for v in values]
 
 
 @pytest.mark.parametrize("foreach", PATHS)
-def test_braking_counts_per_element_by_hand(foreach):
-    grads = [torch.tensor([1.0, -2.0, 3.0, 0.0]), torch.tensor([5.0])]
-    velocities = [torch.tensor([1.0, 1.0, -1.0, 1.0]), None]
-    # sign(g v) = 1, -1, -1, 0: factors 1 - 1.5 sign = -0.5, 2.5, 2.5, 1; the second tensor has no velocity
-    assert braking_counts(grads, velocities, rho=1.5, granularity="element", foreach=foreach) == \
-        {"elements": 4, "reversed_elements": 1}
-    assert braking_counts(grads, velocities, rho=1.0, granularity="element", foreach=foreach) == \
-        {"elements": 4, "reversed_elements": 0}
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+def test_braking_counts_by_hand(granularity, foreach):
+    grads, velocities, expected = BRAKING_CASES[granularity]
+    for rho, counts in expected.items():
+        assert braking_counts(as_tensors(grads), as_tensors(velocities), rho=rho, granularity=granularity,
+                              foreach=foreach) == counts
 
 
 @pytest.mark.parametrize("foreach", PATHS)
