@@ -2,7 +2,7 @@
 
 Every optimizer steps the same parameter shapes (ResNet-20's, 0.27 M weights in 59 tensors, and
 ResNet-50's, 25.6 M in 161) with fixed random gradients; their steps are interleaved in one run so that
-machine noise hits them alike, in an order that rotates at every step. Each figure is a median over the
+machine noise hits them alike, in a new random order at every step. Each figure is a median over the
 timed steps, printed as a ratio to SGD's median. Noise: the run is cut into 5 consecutive blocks and the
 spread of the per-block ratios is printed too; "ABSGD default" and "ABSGD foreach" run the same code on
 CPU, so their difference is noise as well.
@@ -17,6 +17,7 @@ Figures and their analysis: docs/speed.md ("Optimizer step").
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import time
 
@@ -54,11 +55,12 @@ def step_times(steppers: dict, steps: int, warmup: int = 3) -> dict[str, list[fl
         for _ in range(warmup):
             step()
     times = {name: [] for name in steppers}
-    order = list(steppers.items())
-    for i in range(steps):
-        # interleaved, so that noise lands on every optimizer alike; the order rotates, so that none always runs
-        # after the same one (whose data evicted its own from the cache)
-        for name, step in order[i % len(order):] + order[:i % len(order)]:
+    order, rng = list(steppers.items()), random.Random(0)
+    for _ in range(steps):
+        # interleaved, so that noise lands on every optimizer alike, in a new order at every step, so that none
+        # always runs after the same one (whose data evicted its own from the cache)
+        rng.shuffle(order)
+        for name, step in order:
             start = time.perf_counter()
             step()
             times[name].append(time.perf_counter() - start)

@@ -78,15 +78,14 @@ def _cosine(dot, gg, vv, eps: float):
 
 def _pair_sums(g: Tensor, v: Optional[Tensor]) -> Tensor:
     """(<g, v>, ||g||^2, ||v||^2) of one tensor as a tensor of 3 in at least float32; v = None counts as 0."""
+    # Three BLAS dots, not dot and vector_norm: on CPU, alternating BLAS calls with ATen's own parallel reductions
+    # makes the two thread pools wait on each other (a step 5x slower on ResNet-50 with 2 threads).
     g = g.reshape(-1).to(_sum_dtype(g.dtype))
-    gn = torch.linalg.vector_norm(g)  # one read of g, where dot(g, g) reads it twice
+    gg = torch.dot(g, g)
     if v is None:
-        sums = torch.stack([gn.new_zeros(()), gn, gn.new_zeros(())])
-    else:
-        v = v.reshape(-1).to(g.dtype)
-        sums = torch.stack([torch.dot(g, v), gn, torch.linalg.vector_norm(v)])
-    sums[1:].square_()
-    return sums
+        return torch.stack([gg.new_zeros(()), gg, gg.new_zeros(())])
+    v = v.reshape(-1).to(g.dtype)
+    return torch.stack([torch.dot(g, v), gg, torch.dot(v, v)])
 
 
 def _element_signs(g: Tensor, v: Tensor) -> Tensor:
