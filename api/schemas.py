@@ -5,11 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from abray.service.admission import SERVICE_FIELDS
 from abray.service.store import JOB_STATUSES, TRIAL_STATUSES
+from abray.sweeps.spec import spec_model
 
 JobStatus = Literal[JOB_STATUSES]
+
+# POST /jobs's body: every field of a sweep spec, generated from TrainConfig and SweepOptions, less those the
+# service sets. It documents the contract (the OpenAPI document); abray.service.admission validates.
+JobSpec = spec_model("JobSpec", exclude=SERVICE_FIELDS)
 
 
 class Progress(BaseModel):
@@ -55,22 +61,38 @@ class TrialOut(BaseModel):
 
 
 class SummaryRow(BaseModel):
+    """One setting: its values of the summary's `group_by` columns (optimizer, delay and any other swept
+    config column, each a key of the row), and final test accuracy over its seeds."""
+
+    model_config = ConfigDict(extra="allow")  # the other group_by columns, named as in the results
+
     optimizer: str
     delay: int
-    mean: Optional[float] = Field(description="final test accuracy, mean over seeds")
-    std: Optional[float]
-    count: int
-    diverged: int
+    accuracy_mean: Optional[float] = Field(description="final test accuracy in percent (0-100), mean over seeds")
+    accuracy_std: Optional[float] = Field(description="its standard deviation over seeds, in percentage points; "
+                                                      "null with a single seed")
+    count: int = Field(description="trials (seeds) in this setting that reported")
+    diverged: int = Field(description="of those, trials whose loss diverged")
 
 
 class Summary(BaseModel):
     job_id: int
     status: JobStatus
+    group_by: list[str] = Field(description="the config columns the rows are grouped by: optimizer, delay, then "
+                                            "every other config column that varies across the job's trials, "
+                                            "except seed (the mean and std are over seeds)")
     rows: list[SummaryRow]
 
 
 class Health(BaseModel):
     status: Literal["ok", "degraded"]
-    database: dict[str, Any]
-    ray: dict[str, Any]
-    jobs: dict[str, int]
+    database: Optional[dict[str, Any]] = Field(None, description="omitted without the token when reads need one")
+    ray: Optional[dict[str, Any]] = Field(None, description="omitted without the token when reads need one")
+    jobs: Optional[dict[str, int]] = Field(None, description="omitted without the token when reads need one")
+    links: dict[str, str] = Field(default_factory=dict,
+                                  description="monitoring pages that answer now: ray_dashboard (Ray's dashboard), "
+                                              "grafana (empty without the token when reads need one)")
+
+
+class Message(BaseModel):
+    detail: str

@@ -50,8 +50,8 @@ def asynchronous(config, data, target):
 
 def synchronous(config, data, target):
     values = config.model_dump()
-    data_ref = ray.put(data)
-    workers = [Worker.remote(values, data_ref, i, SLOWDOWN[i]) for i in range(4)]
+    train_ref = ray.put(data.train)
+    workers = [Worker.remote(values, data.num_classes, i, SLOWDOWN[i]) for i in range(4)]
     ray.get([w.ready.remote() for w in workers])
     start = time.perf_counter()
     torch.manual_seed(config.seed)
@@ -67,8 +67,8 @@ def synchronous(config, data, target):
         for indices in batch_indices(len(data.train), config.batch_size, config.seed, epoch):
             version = ray.put(flat.numpy().copy())
             shards = np.array_split(indices, 4)
-            outs = [w.compute.remote({"step": step, "version": step, "weights": version, "indices": s,
-                                      "buffers": None}) for w, s in zip(workers, shards)]
+            outs = [w.compute.remote({"lease": f"sync.{step}", "step": step, "version": step, "weights": version,
+                                      "indices": s, "buffers": None}, [train_ref]) for w, s in zip(workers, shards)]
             grads = ray.get([o[1] for o in outs])  # waits for the straggler
             sizes = np.array([len(s) for s in shards], dtype=np.float32)
             mean = sum(g * n for g, n in zip(grads, sizes)) / sizes.sum()

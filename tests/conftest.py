@@ -21,12 +21,15 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One local Ray instance for the whole session, with its Prometheus export on a free port.
-    address="local": always a new instance, never a `ray start` head that happens to run on this machine."""
+    address="local": always a new instance, never a `ray start` head that happens to run on this machine.
+    It advertises one GPU that torch cannot use (there is none): a GPU trial is placed, reserving it, and then fails,
+    as on a node whose CUDA is broken (tests/sweeps)."""
     import ray
 
     port = free_port()
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             _metrics_export_port=port, _system_config={"metrics_report_interval_ms": 1000})
+    ray.init(address="local", num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False,
+             configure_logging=False, _metrics_export_port=port,
+             _system_config={"metrics_report_interval_ms": 1000})
     yield {"metrics_port": port, "address": ray.get_runtime_context().gcs_address}
     ray.shutdown()
 

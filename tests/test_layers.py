@@ -22,6 +22,7 @@ LAYERS = [  # bottom first: (module prefix, what lives there)
     ("abray.sweeps", "sweep specs and their run on Ray Tune"),
     ("abray.service", "the job service's back end: store, scheduler, job driver, local cluster"),
     ("api", "the HTTP front end (FastAPI)"),
+    ("abray.client", "the Python client of the service: HTTP in, DataFrames out"),
     ("abray.cli", "the `abray` command"),
 ]
 ROOT_MODULES = {"abray"}  # the package itself: imports nothing of its own

@@ -12,7 +12,7 @@ staleness D, v the velocity, m the momentum, eta the learning rate:
 DC-ASGD (Zheng et al. 2017, "Asynchronous SGD with Delay Compensation", ICML; eq. for DC-ASGD-c and
 DC-ASGD-a):
     g <- g + lambda * g * g * (w_now - w_then)                           (elementwise)
-    adaptive:  lambda = lambda0 / sqrt(MS + eps),  MS <- ms_decay * MS + (1 - ms_decay) * g^2
+    adaptive:  lambda = lambda0 / sqrt(MS + eps),  MS <- ms_decay * MS + (1 - ms_decay) * g^2,  MS_0 = 0
   Then SGDM. Defaults lambda0 = 2, ms_decay = 0.95, eps = 1e-7 follow the paper's ImageNet settings as
   reported by public implementations; the paper itself pairs DC with plain SGD, here it feeds SGDM.
 
@@ -81,9 +81,8 @@ def dc_compensate(grads, params, sources, sq_avgs, *, dc_lambda, adaptive, ms_de
     for i, (g, p, src) in enumerate(zip(grads, params, sources)):
         if adaptive:
             if sq_avgs[i] is None:
-                sq_avgs[i] = g * g
-            else:
-                sq_avgs[i].mul_(ms_decay).addcmul_(g, g, value=1 - ms_decay)
+                sq_avgs[i] = torch.zeros_like(g)  # MS_0 = 0, as the recurrence says
+            sq_avgs[i].mul_(ms_decay).addcmul_(g, g, value=1 - ms_decay)
         if src is None or dc_lambda == 0:
             out.append(g)
             continue

@@ -17,6 +17,7 @@ from typing import Iterable, Union
 
 import pandas as pd
 
+from ..training.config import ConfigError
 from ..training.epochs import EpochMetrics
 
 CONFIG_COLUMNS = [
@@ -61,9 +62,22 @@ def empty_frame(*ids: str) -> pd.DataFrame:
     return pd.DataFrame(columns=list(ids) + CONFIG_COLUMNS + METRIC_COLUMNS)
 
 
-def write_frame(frame: pd.DataFrame, path: Union[str, Path]) -> Path:
-    """Write `frame` as Parquet (a .parquet path) or CSV (any other)."""
+EXPORT_SUFFIXES = (".csv", ".parquet")
+
+
+def export_path(path: Union[str, Path]) -> Path:
+    """`path` as a place to write a frame to, or a ConfigError saying why not (checked before any work starts)."""
     path = Path(path)
+    if path.suffix not in EXPORT_SUFFIXES:
+        raise ConfigError(f"export: {str(path)!r} must end in .csv or .parquet")
+    if path.is_dir():
+        raise ConfigError(f"export: {str(path)!r} is a directory; name a .csv or .parquet file")
+    return path
+
+
+def write_frame(frame: pd.DataFrame, path: Union[str, Path]) -> Path:
+    """Write `frame` as Parquet (a .parquet path) or CSV (a .csv path)."""
+    path = export_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".parquet":
         frame.to_parquet(path, index=False)

@@ -15,6 +15,7 @@ import os
 import sys
 import threading
 import traceback
+from pathlib import Path
 from typing import Optional
 
 from ray.tune import Callback, Stopper
@@ -27,11 +28,17 @@ HEARTBEAT_S = 2.0
 
 
 def _trial_error(trial) -> str:
-    try:
-        error = trial.get_error()
-    except Exception:  # the error file may not be written yet
-        error = None
-    text = str(error) if error is not None else "trial failed"
+    """The last line of the trial's error (for a run that failed, its own reason). Tune writes the error to the
+    trial's local folder before calling back and syncs it to storage later, so read the local copy first."""
+    text = None
+    for read in (lambda: Path(trial.error_file).read_text(), trial.get_error):
+        try:
+            text = read()
+        except Exception:  # not written (yet), or no local folder
+            text = None
+        if text:
+            break
+    text = str(text) if text else "trial failed"
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else text
 

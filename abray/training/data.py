@@ -16,6 +16,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 DIGITS_SPLIT_SEED = 0  # fixed: every run, whatever its own seed, sees the same train/test split
 DIGITS_TEST_FRACTION = 0.2
+CLASSES = {"digits": 10, "cifar10": 10, "imagenet": 1000}  # ImageNet's as published; a folder may hold fewer
 
 
 @dataclass
@@ -48,7 +49,7 @@ def digits(validation: bool = False) -> DataSplit:
     return DataSplit(
         train=TensorDataset(torch.from_numpy(x_tr), torch.from_numpy(y_tr)),
         test=TensorDataset(torch.from_numpy(x_te), torch.from_numpy(y_te)),
-        num_classes=10,
+        num_classes=CLASSES["digits"],
         input_shape=(1, 8, 8),
     )
 
@@ -95,7 +96,7 @@ def cifar10(root: str, download: bool = False) -> DataSplit:
         test = torchvision.datasets.CIFAR10(root, train=False, transform=test_tf, download=download)
     except RuntimeError as err:
         raise DataError(f"CIFAR-10 not found under {root!r} ({err}); set download: true to fetch it") from None
-    return DataSplit(train=train, test=test, num_classes=10, input_shape=(3, 32, 32))
+    return DataSplit(train=train, test=test, num_classes=CLASSES["cifar10"], input_shape=(3, 32, 32))
 
 
 def imagenet(root: str) -> DataSplit:

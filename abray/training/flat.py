@@ -1,5 +1,5 @@
 """Weights as one flat float32 buffer, the form they travel in between the parameter server and its workers,
-and the BatchNorm buffers that travel with them."""
+the BatchNorm buffers that travel with them, and a worker's gradient in that form."""
 
 from __future__ import annotations
 
@@ -60,3 +60,17 @@ def load_buffers(model: nn.Module, buffers: Optional[dict]) -> None:
         with torch.no_grad():
             for name, b in model.named_buffers():
                 b.copy_(torch.as_tensor(buffers[name]))
+
+
+def flat_gradient(model: nn.Module, names: list[str], layout: FlatLayout, train, work: dict, weights: np.ndarray,
+                  device="cpu") -> tuple[float, np.ndarray]:
+    """What a worker computes for the server's `work` (a step's batch indices and BatchNorm buffers) on the flat
+    `weights` of its version: the batch's loss and its gradient as a flat float32 numpy array, on the CPU."""
+    from .data import collate
+    from .epochs import batch_gradient
+
+    x, y = collate(train, work["indices"])
+    w = layout.views(tensor_from_store(weights).to(device))
+    load_buffers(model, work["buffers"])
+    loss, grads = batch_gradient(model, names, w, x.to(device), y.to(device))
+    return loss, layout.flatten(grads, like=w[0]).cpu().numpy()

@@ -2,7 +2,7 @@
 any method of `abray.optim.methods`) on them with the same optimizer classes, and so the same functional
 kernels, as the simulator. The Ray actor around it is `abray.training.distributed.ParameterServer`.
 
-It hands out work as (step, batch indices, weight version) and keeps every version a dispatched step
+It hands out work as (lease, step, batch indices, weight version) and keeps every version a dispatched step
 may still need in the Ray object store (each put there once). Two modes:
 
 - "distributed" (fixed delay D): step t is computed on version `source_version(t, D)` and applied
@@ -11,16 +11,27 @@ may still need in the Ray object store (each put there once). Two modes:
 - "free": step t is computed on the newest version when it is handed out and applied on arrival;
   the staleness of every update is recorded.
 
-Every `checkpoint_every` updates the whole state (weights, optimizer, schedule, the versions still
-needed, metrics so far) goes to `<storage>/checkpoint.pt`; a restarted actor resumes from it.
+Exactly once. Every hand-out is a lease, named after this instance (a random id, new at every start) and a
+counter. A gradient is applied only against a lease this instance still holds, which it then forgets; a step
+goes back to the queue only through its lease (`requeue`, `fail`). So a result that arrives twice, or after its
+step was requeued, or from before a restart, is dropped, and a step is never applied twice. None is lost either:
+a restarted instance resumes from its checkpoint, which lists the steps handed out but not applied, and hands
+those out again, with every step it never reached.
+
+Checkpoints (`abray.training.checkpoints`): every `checkpoint_every` updates, at every epoch's end (before the
+epoch is reported, so a restart never reports an epoch again) and at the end, the whole state goes to the run's
+own folder; they carry the run's id and config fingerprint, and one of another run is refused.
+
+Bounded retries: a step whose gradient fails (`fail`) more than `config.step_retries` times fails the run with
+the worker's own error.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-import os
 import time
-from pathlib import Path
+import uuid
 from typing import Optional
 
 import numpy as np
@@ -30,6 +41,7 @@ from ..optim.methods import METHODS
 from ..optim.prediction import predicted_weights
 from ..optim.staleness import source_version
 from .build import build_optimizer, make_scheduler
+from .checkpoints import RunFolder, check_owner, config_fingerprint
 from .config import TrainConfig
 from .data import batch_indices
 from .delayed import apply_gradients
@@ -37,9 +49,20 @@ from .epochs import EpochLog, EpochMetrics
 from .flat import FlatLayout, bind_parameters, load_buffers, model_buffers, tensor_from_store
 from .models import build_model
 
+# Free mode: linear weight prediction looks ahead by the mean staleness of this many latest updates.
+PREDICTION_WINDOW = 50
+
+
+class TrainingFailed(RuntimeError):
+    """A distributed run that cannot finish: a step out of retries (with the worker's error), a server that
+    cannot restart, or no worker left."""
+
 
 class ParameterServerState:
-    """The parameter server's logic, free of Ray calls so that it reads (and tests) as plain Python."""
+    """The parameter server's logic, free of Ray calls so that it reads (and tests) as plain Python.
+
+    `test_set` may be given later (set the attribute): it is needed only when an epoch ends.
+    `storage`: the storage root (a local path or a URI) under which this run checkpoints, in its own folder."""
 
     def __init__(self, config: TrainConfig, test_set, train_size: int, num_classes: int, storage: Optional[str],
                  run_id: str,
@@ -49,12 +72,15 @@ class ParameterServerState:
         self._train_size = train_size
         self.config = config
         self.run_id = run_id
+        self.fingerprint = config_fingerprint(config.model_dump(mode="json"))
         self.test_set = test_set
         self.steps_per_epoch = train_size // config.batch_size
         self.total_steps = self.steps_per_epoch * config.epochs
         self.fixed = config.mode == "distributed"
         self.delay = config.delay
-        self.storage = Path(storage) if storage else None
+        self.folder = RunFolder(storage, run_id) if storage else None
+        self.instance = uuid.uuid4().hex[:8]  # names this instance's leases; new at every (re)start
+        self._lease_numbers = itertools.count()
 
         torch.manual_seed(config.seed)  # the simulator's initial weights
         self.model = build_model(config.model, num_classes)
@@ -67,10 +93,12 @@ class ParameterServerState:
 
         self.applied = 0  # updates applied = the newest version
         self.next_step = 0  # the next step never handed out
-        self.requeued: list[int] = []  # steps to hand out again (their worker died)
-        self.outstanding: dict[int, int] = {}  # step -> version it was handed out with
+        self.requeued: list[int] = []  # steps to hand out again
+        self.outstanding: dict[str, tuple[int, int]] = {}  # lease -> (step, version it was handed out with)
         self.pending: dict[int, tuple] = {}  # fixed mode: gradients that arrived early
         self.versions: dict = {}  # version -> handle of the weights the workers compute on
+        self.failures: dict[int, int] = {}  # step -> failed attempts
+        self.failure: Optional[str] = None  # why the run failed (a step out of retries)
         self.applied_steps: list[int] = []
         self.history: list[EpochMetrics] = []
         self.staleness: list[int] = []  # of every applied update
@@ -81,9 +109,18 @@ class ParameterServerState:
         self._store_version()
 
     # ---- versions ----------------------------------------------------------------------------------
+    def prediction_horizon(self) -> float:
+        """How many updates ahead linear weight prediction looks: D in fixed mode (the simulator's), the
+        measured staleness (mean of the latest updates) in free mode."""
+        if self.fixed:
+            return self.delay
+        recent = self.staleness[-PREDICTION_WINDOW:]
+        return float(np.mean(recent)) if recent else 0.0
+
     def _version_weights(self) -> np.ndarray:
         if self.predict:
-            return self.layout.flatten(predicted_weights(self.optimizer, self.params, self.delay)).numpy()
+            return self.layout.flatten(predicted_weights(self.optimizer, self.params,
+                                                         self.prediction_horizon())).numpy()
         return self.flat.numpy().copy()
 
     def _store_version(self) -> None:
@@ -95,16 +132,16 @@ class ParameterServerState:
 
     def _oldest_needed_version(self) -> int:
         if not self.fixed:
-            return min(list(self.outstanding.values()) + [self.applied])
+            return min([version for _, version in self.outstanding.values()] + [self.applied])
         return source_version(self.applied, self.delay)
 
     # ---- work ---------------------------------------------------------------------------------------
     @property
     def done(self) -> bool:
-        return self.applied >= self.total_steps or self.diverged_step is not None
+        return self.applied >= self.total_steps or self.diverged_step is not None or self.failure is not None
 
     def next_work(self) -> Optional[dict]:
-        """The next (step, batch indices, version) to compute, or None if nothing can start now."""
+        """The next (lease, step, batch indices, version) to compute, or None if nothing can start now."""
         if self.done:
             return None
         if self.requeued:
@@ -125,9 +162,10 @@ class ParameterServerState:
             self.requeued.remove(step)
         else:
             self.next_step += 1
-        self.outstanding[step] = version
+        lease = f"{self.instance}.{next(self._lease_numbers)}"
+        self.outstanding[lease] = (step, version)
         epoch, index = divmod(step, self.steps_per_epoch)
-        return {"step": step, "version": version, "weights": self.versions[version],
+        return {"lease": lease, "step": step, "version": version, "weights": self.versions[version],
                 "indices": self._indices(epoch, index), "buffers": self.buffers or None}
 
     def _indices(self, epoch: int, index: int) -> np.ndarray:
@@ -136,18 +174,40 @@ class ParameterServerState:
                                                       epoch))
         return self._epoch_cache[1][index]
 
-    def requeue(self, step: int) -> None:
-        """A worker died with this step: hand it out again."""
-        if step in self.outstanding:
-            del self.outstanding[step]
-            self.requeued.append(step)
+    def holds(self, lease: str) -> bool:
+        """Whether `lease` is one this instance handed out and has not yet settled."""
+        return lease in self.outstanding
+
+    def requeue(self, lease: str) -> bool:
+        """The lease's work was lost through no fault of the step (its worker was lost, or the weights it needed
+        died with an earlier server): hand the step out again. False for a lease this instance does not hold."""
+        if lease not in self.outstanding:
+            return False
+        step, _ = self.outstanding.pop(lease)
+        self.requeued.append(step)
+        return True
+
+    def fail(self, lease: str, error: str) -> bool:
+        """Computing the lease's step failed with `error`. Hand the step out again (True), or, when it has
+        failed more than `step_retries` times, fail the run with that error (False; see `failure`)."""
+        if lease not in self.outstanding:
+            return True  # not this instance's: the step is handed out again anyway
+        step, _ = self.outstanding.pop(lease)
+        self.failures[step] = attempts = self.failures.get(step, 0) + 1
+        if attempts > self.config.step_retries:
+            self.failure = (f"step {step} failed {attempts} times (step_retries = {self.config.step_retries}); "
+                            f"last error: {error}")
+            return False
+        self.requeued.append(step)
+        return True
 
     # ---- updates ------------------------------------------------------------------------------------
-    def receive(self, step: int, version: int, grad: np.ndarray, loss: float, buffers) -> list[EpochMetrics]:
-        """A gradient for `step`, computed on `version`. Returns the epochs this completed."""
-        if step not in self.outstanding or self.outstanding[step] != version or self.done:
-            return []  # a duplicate (e.g. from before a restart) or late: never apply a step twice
-        del self.outstanding[step]
+    def receive(self, lease: str, grad: np.ndarray, loss: float, buffers) -> list[EpochMetrics]:
+        """The gradient computed for `lease`. Returns the epochs this completed. A lease this instance does not
+        hold (settled already, requeued, or from before a restart) is dropped: no step is applied twice."""
+        if self.done or lease not in self.outstanding:
+            return []
+        step, version = self.outstanding.pop(lease)
         if not math.isfinite(loss):
             self.diverged_step = step if self.fixed else self.applied
             return self._close_epoch()
@@ -173,57 +233,68 @@ class ParameterServerState:
         self.epoch_log.record(loss, self.applied - version)
         self.applied += 1
         self._store_version()
-        finished = []
         if self.applied % self.steps_per_epoch == 0:
-            finished = self._close_epoch()
-        if self.storage and (self.applied % self.config.checkpoint_every == 0 or self.done):
+            return self._close_epoch()  # checkpoints too
+        if self.folder and (self.applied % self.config.checkpoint_every == 0 or self.done):
             self.save_checkpoint()
-        return finished
+        return []
 
     def _close_epoch(self) -> list[EpochMetrics]:
         load_buffers(self.model, self.buffers)
         metrics = self.epoch_log.close(self.model, self.test_set, epoch=len(self.history) + 1, steps=self.applied,
                                        lr=self.optimizer.param_groups[0]["lr"], diverged_step=self.diverged_step)
         self.history.append(metrics)
+        if self.folder:  # before anyone hears of the epoch: a restored server never closes it again
+            self.save_checkpoint()
         return [metrics]
 
+    def epochs_since(self, count: int) -> list[EpochMetrics]:
+        """The epochs after the first `count` (those a caller has not reported yet)."""
+        return self.history[count:]
+
     # ---- checkpoints --------------------------------------------------------------------------------
-    def checkpoint_path(self) -> Path:
-        return self.storage / "checkpoint.pt"
+    def unapplied_steps(self) -> list[int]:
+        """Steps handed out (or waiting in the buffer) but not applied: a restart hands them out again."""
+        return sorted({step for step, _ in self.outstanding.values()} | set(self.requeued) | set(self.pending))
 
     def save_checkpoint(self) -> None:
-        self.storage.mkdir(parents=True, exist_ok=True)
         state = {
+            "run_id": self.run_id, "config_fingerprint": self.fingerprint,
             "flat": self.flat.clone(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "applied": self.applied,
+            "scheduler": self.scheduler.state_dict(), "applied": self.applied, "next_step": self.next_step,
+            "unapplied": self.unapplied_steps(), "failures": dict(self.failures),
             "versions": {v: np.array(self._get(h)) for v, h in self.versions.items()
                          if v >= self._restart_needed_version()},
             "applied_steps": list(self.applied_steps), "history": list(self.history),
             "staleness": list(self.staleness), "epoch_log": self.epoch_log, "buffers": self.buffers,
-            "diverged_step": self.diverged_step, "run_id": self.run_id,
+            "diverged_step": self.diverged_step,
         }
-        tmp = self.checkpoint_path().with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.checkpoint_path())  # atomic: a crash never leaves half a checkpoint
+        self.folder.save(state)
 
     def _restart_needed_version(self) -> int:
-        # after a restart every step from `applied` on is handed out again
+        # after a restart every unapplied step is handed out again: on version max(0, t - D) in fixed mode (all
+        # those steps are >= applied), on the newest in free mode
         return source_version(self.applied, self.delay) if self.fixed else self.applied
 
     def restore(self) -> bool:
-        if not (self.storage and self.checkpoint_path().exists()):
+        """Resume from this run's checkpoint, if there is one (False if not). A checkpoint of another run, or
+        of this run under another config, raises CheckpointError naming it."""
+        if self.folder is None:
             return False
-        state = torch.load(self.checkpoint_path(), weights_only=False)
+        state = self.folder.load()
+        if state is None:
+            return False
+        check_owner(state, self.folder.checkpoint_uri, self.run_id, self.fingerprint)
         with torch.no_grad():
             self.flat.copy_(state["flat"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.applied = self.next_step = state["applied"]
+        self.applied, self.next_step = state["applied"], state["next_step"]
+        self.requeued, self.failures = list(state["unapplied"]), dict(state["failures"])
         self.versions = {v: self._put(a) for v, a in state["versions"].items()}
         self.applied_steps, self.history = state["applied_steps"], state["history"]
         self.staleness, self.epoch_log = state["staleness"], state["epoch_log"]
         self.epoch_log.start = time.perf_counter()  # the clock of the process that saved it means nothing here
         self.buffers, self.diverged_step = state["buffers"], state["diverged_step"]
-        self.outstanding, self.pending, self.requeued = {}, {}, []
+        self.outstanding, self.pending = {}, {}
         return True
-

@@ -2,8 +2,8 @@
 
 The page is static and needs no token; the data it shows comes from the /jobs endpoints, with the
 service's token setting (the page keeps the token in the browser's localStorage). Nothing is loaded
-from a CDN: the HTML, app.js, style.css and plotly.min.js (from the `plotly` Python package) are
-served here, and only these known files (no paths from the request reach the file system).
+from a CDN: the HTML, app.js, charts.js, table.js, style.css and plotly.min.js (from the `plotly` Python
+package) are served here, and only these known files (no paths from the request reach the file system).
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ def plotly_js() -> Path:
 # name -> (where it is, media type, Cache-Control)
 STATIC = {
     "app.js": (lambda: web_dir() / "app.js", "text/javascript; charset=utf-8", "no-cache"),
+    "charts.js": (lambda: web_dir() / "charts.js", "text/javascript; charset=utf-8", "no-cache"),
+    "table.js": (lambda: web_dir() / "table.js", "text/javascript; charset=utf-8", "no-cache"),
     "style.css": (lambda: web_dir() / "style.css", "text/css; charset=utf-8", "no-cache"),
     "plotly.min.js": (plotly_js, "text/javascript; charset=utf-8", "public, max-age=86400"),
 }

@@ -1,13 +1,16 @@
-// The abray results dashboard: plain JavaScript, no build step, Plotly served by the API itself.
+// The abray results dashboard: plain JavaScript, no build step, Plotly served by the API itself. Charts are
+// drawn by charts.js (AbrayCharts), tables by table.js (AbrayTable); this file holds the state and the API.
 //
-// It reads the REST API only: GET /jobs (the list), and for the selected job GET /jobs/{id},
-// /jobs/{id}/summary and /jobs/{id}/results?format=json (the tidy schema). The URL hash `#job=N`
-// selects a job. While the selected job is queued or running it is polled every 2 s, and the list
-// too; once nothing runs, the list is polled every 15 s and the finished job not at all.
+// It reads the REST API only: GET /jobs (the list), /health (links to Ray's dashboard and Grafana, when they
+// answer), and for the open job GET /jobs/{id}, /jobs/{id}/summary, /jobs/{id}/trials and
+// /jobs/{id}/results?format=json (the tidy schema); for each job ticked for comparison, its summary. The URL
+// hash `#job=N&compare=A,B` says which. While the open job is queued or running it is polled every 2 s, and
+// the list too; once nothing runs, the list is polled every 15 s and the finished job not at all.
 //
 // State for tests and scripts: <body data-state="loading|ready|auth|error" data-selected-job>,
-// #job-detail[data-job-id][data-status][data-done][data-total][data-trials][data-points][data-renders],
-// #jobs-table tr[data-job-id][data-status], and the Plotly divs' `.data`.
+// #job-detail[data-job-id][data-status][data-done][data-total][data-trials][data-points][data-renders]
+// [data-compared], #jobs-table tr[data-job-id][data-status], the tables' data-shown/data-total, and the
+// Plotly divs' `.data`.
 "use strict";
 
 (() => {
@@ -15,18 +18,22 @@
   const FAST_MS = 2000;
   const IDLE_MS = 15000;
   const RETRY_MS = 5000;
+  const LINKS_MS = 60000;
   const TOKEN_KEY = "abray.token";
-  const HUES = [212, 24, 140, 350, 270, 48, 185, 300];
-  const DASHES = ["solid", "dot", "dash", "dashdot", "longdash", "longdashdot"];
-  const PLOT_CONFIG = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["select2d", "lasso2d"] };
+  const LINKS = { ray_dashboard: "Ray dashboard", grafana: "Grafana" };
+  // config fields that are paths or switches, not hyperparameters: left out of the trials table
+  const NOT_HYPERPARAMETERS = new Set(["data_root", "download", "storage_path", "output"]);
+  const Charts = window.AbrayCharts;
 
   const $ = (id) => document.getElementById(id);
   const state = {
     token: localStorage.getItem(TOKEN_KEY) || "",
     jobs: [],
-    selected: null,       // job id from the hash
-    job: null, summary: null, results: null,
-    listTimer: null, jobTimer: null,
+    selected: null,        // the open job's id, from the hash
+    compare: [],           // ids ticked for comparison, from the hash
+    job: null, summary: null, results: null, trials: null, version: null,
+    compared: new Map(),   // id -> { job, summary } of ticked jobs
+    listTimer: null, jobTimer: null, linksTimer: null,
     listGen: 0, jobGen: 0, // a newer fetch makes older answers stale
     authNeeded: false,
     renders: 0,
@@ -36,10 +43,14 @@
 
   // ---- the API -----------------------------------------------------------------------------------
 
-  async function api(path) {
-    const headers = { Accept: "application/json" };
-    if (state.token) headers.Authorization = `Bearer ${state.token}`;
-    const response = await fetch(path, { headers, cache: "no-store" });
+  function headers(accept = "application/json") {
+    const h = { Accept: accept };
+    if (state.token) h.Authorization = `Bearer ${state.token}`;
+    return h;
+  }
+
+  async function request(path, accept) {
+    const response = await fetch(path, { headers: headers(accept), cache: "no-store" });
     if (response.status === 401) {
       let detail = "";
       try { detail = (await response.json()).detail || ""; } catch (_) { /* not JSON */ }
@@ -52,7 +63,11 @@
       err.status = response.status;
       throw err;
     }
-    return response.json();
+    return response;
+  }
+
+  async function api(path) {
+    return (await request(path)).json();
   }
 
   function needToken(err) {
@@ -83,6 +98,22 @@
     $("error-banner").hidden = true;
   }
 
+  // ---- links to Ray's dashboard and Grafana ------------------------------------------------------
+
+  async function refreshLinks() {
+    clearTimeout(state.linksTimer);
+    let links = {};
+    try {
+      links = (await (await fetch("/health", { cache: "no-store" })).json()).links || {};  // 503 has them too
+    } catch (_) { /* no links this time */ }
+    const nav = $("links");
+    nav.replaceChildren(...Object.entries(LINKS).filter(([key]) => links[key]).map(([key, text]) =>
+      el("a", { href: links[key], target: "_blank", rel: "noopener noreferrer", "data-link": key }, text)));
+    nav.hidden = nav.children.length === 0;
+    nav.dataset.checks = String(Number(nav.dataset.checks || 0) + 1);
+    state.linksTimer = setTimeout(refreshLinks, LINKS_MS);
+  }
+
   // ---- the job list ------------------------------------------------------------------------------
 
   async function refreshList() {
@@ -102,6 +133,7 @@
       } else if (state.selected === null) {
         document.body.dataset.state = "ready";
       }
+      if (state.compare.some((id) => isStale(id))) compareNow();
       delay = page.items.some((j) => ACTIVE.has(j.status)) ? FAST_MS : IDLE_MS;
     } catch (err) {
       if (gen !== state.listGen) return;
@@ -125,10 +157,18 @@
   function jobRow(job) {
     const tr = el("tr", { "data-job-id": job.id, "data-status": job.status, tabindex: "0" });
     if (job.id === state.selected) tr.classList.add("selected");
-    tr.append(el("td", {}, String(job.id)), el("td", { class: "name" }, job.name),
+    const tick = el("input", { type: "checkbox", class: "compare", "aria-label": `compare job ${job.id}` });
+    tick.checked = state.compare.includes(job.id);
+    tick.disabled = job.id === state.selected;
+    tick.addEventListener("click", (e) => e.stopPropagation());
+    tick.addEventListener("change", () => setCompare(tick.checked
+      ? [...state.compare, job.id] : state.compare.filter((id) => id !== job.id)));
+    const first = el("td", { class: "compare" });
+    first.append(tick);
+    tr.append(first, el("td", {}, String(job.id)), el("td", { class: "name", title: job.name }, job.name),
       el("td", {}, statusBadge(job.status)), el("td", {}, progressCell(job.progress)),
       el("td", { class: "time", title: job.created_at }, shortTime(job.created_at)));
-    const open = () => { location.hash = `job=${job.id}`; };
+    const open = () => { location.hash = hashOf(job.id, state.compare.filter((id) => id !== job.id)); };
     tr.addEventListener("click", open);
     tr.addEventListener("keydown", (e) => { if (e.key === "Enter") open(); });
     return tr;
@@ -139,54 +179,85 @@
   }
 
   function progressCell(p) {
-    const wrap = el("div", { class: "progress" });
-    const bar = el("progress", { max: String(Math.max(p.total, 1)), value: String(p.done) });
     const extra = [];
     if (p.running) extra.push(`${p.running} running`);
     if (p.failed) extra.push(`${p.failed} failed`);
     if (p.diverged) extra.push(`${p.diverged} diverged`);
     if (p.cancelled) extra.push(`${p.cancelled} cancelled`);
-    wrap.append(bar, el("span", {}, `${p.done}/${p.total}` + (extra.length ? ` · ${extra.join(", ")}` : "")));
+    const wrap = el("div", { class: "progress", title: `${p.done}/${p.total} trials done` + (extra.length ? `; ${extra.join(", ")}` : "") });
+    const bar = el("progress", { max: String(Math.max(p.total, 1)), value: String(p.done) });
+    wrap.append(bar, el("span", {}, `${p.done}/${p.total}`));
+    if (extra.length) wrap.append(el("span", { class: "extra" }, extra.join(", ")));
     return wrap;
   }
 
-  // ---- the selected job --------------------------------------------------------------------------
+  // ---- the hash: which job is open, which are compared -------------------------------------------
 
-  function hashJob() {
-    const m = /(?:^|[#&])job=(\d+)/.exec(location.hash);
-    return m ? Number(m[1]) : null;
+  function parseHash() {
+    const job = /(?:^|[#&])job=(\d+)/.exec(location.hash);
+    const compare = /(?:^|[#&])compare=([\d,]+)/.exec(location.hash);
+    return { job: job ? Number(job[1]) : null,
+      compare: compare ? [...new Set(compare[1].split(",").filter(Boolean).map(Number))] : [] };
   }
+
+  function hashOf(job, compare) {
+    return `#job=${job}` + (compare.length ? `&compare=${compare.join(",")}` : "");
+  }
+
+  function setCompare(ids) {
+    if (state.selected === null) return;
+    location.hash = hashOf(state.selected, ids.filter((id) => id !== state.selected));
+  }
+
+  function onHash() {
+    const { job, compare } = parseHash();
+    state.compare = compare.filter((id) => id !== job);
+    if (job !== state.selected) select(job);
+    else compareNow();
+    for (const tick of document.querySelectorAll("#jobs-table input.compare")) {
+      tick.checked = state.compare.includes(Number(tick.closest("tr").dataset.jobId));
+    }
+  }
+
+  // ---- the open job ------------------------------------------------------------------------------
 
   function select(id) {
     if (id === state.selected && state.job) return;
     state.selected = id;
-    state.job = state.summary = state.results = null;
+    state.job = state.summary = state.results = state.trials = state.version = null;
     document.body.dataset.selectedJob = id === null ? "" : String(id);
-    for (const tr of $("jobs-table").tBodies[0].rows) {
+    for (const tr of document.querySelectorAll("#jobs-table tbody tr")) {
       tr.classList.toggle("selected", Number(tr.dataset.jobId) === id);
+      tr.querySelector("input.compare").disabled = Number(tr.dataset.jobId) === id;
     }
-    $("job-none").hidden = id !== null;
-    $("job-detail").hidden = true;
+    clearTimeout(state.jobTimer);
+    if (id === null) {
+      $("job-detail").hidden = true;
+      $("job-none").hidden = false;
+      return;
+    }
     refreshJob();
   }
 
   async function refreshJob() {
     clearTimeout(state.jobTimer);
+    if (state.authNeeded || state.selected === null) return;
     const id = state.selected;
-    if (id === null || state.authNeeded) return;
     const gen = ++state.jobGen;
     let delay = null;
     try {
       const job = await api(`/jobs/${id}`);
       if (gen !== state.jobGen) return;
-      // results change exactly when progress.epochs does: fetch them (and the summary) only then
-      const known = state.job && state.job.id === job.id && state.results !== null &&
-        state.job.progress.epochs === job.progress.epochs;
-      const [summary, results] = known ? [state.summary, state.results] : await Promise.all([
-        api(`/jobs/${id}/summary`), api(`/jobs/${id}/results?format=json`)]);
+      // results, summary and trials change only when the progress does: fetch them only then
+      const version = `${job.status} ${JSON.stringify(job.progress)}`;
+      const known = state.job && state.job.id === job.id && state.version === version;
+      const [summary, results, trials] = known ? [state.summary, state.results, state.trials] : await Promise.all([
+        api(`/jobs/${id}/summary`), api(`/jobs/${id}/results?format=json`), api(`/jobs/${id}/trials`)]);
       if (gen !== state.jobGen) return;
       clearError();
-      Object.assign(state, { job, summary, results });
+      Object.assign(state, { job, summary, results, trials, version });
+      await refreshCompared(false);
+      if (gen !== state.jobGen) return;
       renderJob();
       if (ACTIVE.has(job.status)) delay = FAST_MS;
       else if (state.jobs.some((j) => j.id === id && ACTIVE.has(j.status))) refreshList();  // show it finished
@@ -206,8 +277,37 @@
     if (delay !== null) state.jobTimer = setTimeout(refreshJob, delay);
   }
 
+  // ---- compared jobs -------------------------------------------------------------------------------
+
+  function isStale(id) {
+    const known = state.compared.get(id);
+    const listed = state.jobs.find((j) => j.id === id);
+    return !known || (listed && listed.progress.epochs !== known.job.progress.epochs);
+  }
+
+  function compareNow() {
+    refreshCompared().catch((err) => (err instanceof AuthError ? needToken(err) : showError(err)));
+  }
+
+  async function refreshCompared(render = true) {
+    for (const id of [...state.compared.keys()]) if (!state.compare.includes(id)) state.compared.delete(id);
+    const missing = state.compare.filter(isStale);
+    const fetched = await Promise.all(missing.map(async (id) => {
+      try {
+        return [id, { job: await api(`/jobs/${id}`), summary: await api(`/jobs/${id}/summary`) }];
+      } catch (err) {
+        if (err.status !== 404) throw err;
+        return [id, null];  // deleted or never there: nothing to draw
+      }
+    }));
+    for (const [id, data] of fetched) if (data) state.compared.set(id, data);
+    if (render && state.job && state.results) renderAccuracy();
+  }
+
+  // ---- rendering the open job ----------------------------------------------------------------------
+
   function renderJob() {
-    const { job, summary, results } = state;
+    const { job, results } = state;
     const detail = $("job-detail");
     $("job-none").hidden = true;
     detail.hidden = false;  // before plotting, so that the charts get their size
@@ -218,12 +318,25 @@
     $("job-meta").textContent = jobMeta(job);
     $("job-error").hidden = !job.error;
     $("job-error").textContent = job.error || "";
+    for (const button of document.querySelectorAll(".downloads button")) button.disabled = results.length === 0;
 
     const trials = groupTrials(results);
-    renderAccuracy(summary.rows, job.id);
-    renderLoss(trials, job.id);
-    renderStaleness(trials, job.id);
-    renderSummary(summary.rows);
+    const charts = $("charts");
+    if (results.length === 0) {  // nothing reported: a note instead of empty charts
+      for (const div of charts.querySelectorAll(".chart")) Plotly.purge(div);
+      charts.hidden = true;
+      $("results-empty").hidden = false;
+      $("results-empty").textContent = ACTIVE.has(job.status) ? "No results yet: no trial has reported an epoch."
+        : `No results: no trial reported an epoch${job.error ? " (the error is above)" : ""}.`;
+    } else {
+      charts.hidden = false;
+      $("results-empty").hidden = true;
+      renderAccuracy();
+      renderCurves(trials);
+      renderStaleness(trials);
+      renderSummary();
+    }
+    renderTrials();
 
     state.renders += 1;
     Object.assign(detail.dataset, {
@@ -267,116 +380,41 @@
     return a < b ? -1 : a > b ? 1 : 0;
   }
 
-  // one hue per optimizer, in a fixed order, so that the charts agree
-  function optimizerColor(optimizer, shade = 0.5) {
-    const names = optimizerNames();
-    const i = Math.max(names.indexOf(optimizer), 0);
-    const light = 28 + Math.round(42 * shade);
-    return `hsl(${HUES[i % HUES.length]}, 70%, ${light}%)`;
+  function openKeys() {
+    return Charts.settingKeys(state.summary && state.summary.group_by);
   }
 
-  function optimizerNames() {
-    const names = new Set();
-    for (const r of (state.summary && state.summary.rows) || []) names.add(r.optimizer);
-    for (const r of state.results || []) names.add(r.optimizer);
-    return [...names].sort();
-  }
-
-  function baseLayout(jobId, extra) {
-    return Object.assign({
-      uirevision: String(jobId),  // keep zoom and hidden traces across refreshes
-      margin: { l: 56, r: 12, t: 8, b: 44 },
-      font: { family: "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", size: 12, color: "#1f2933" },
-      paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "#fff",
-      legend: { font: { size: 11 } },
-      hoverlabel: { namelength: -1 },
-    }, extra);
-  }
-
-  function renderAccuracy(rows, jobId) {
-    const traces = [];
-    for (const optimizer of [...new Set(rows.map((r) => r.optimizer))].sort()) {
-      const mine = rows.filter((r) => r.optimizer === optimizer).sort((a, b) => a.delay - b.delay);
-      traces.push({
-        type: "scatter", mode: "lines+markers", name: optimizer,
-        x: mine.map((r) => r.delay), y: mine.map((r) => r.mean),
-        error_y: { type: "data", array: mine.map((r) => r.std ?? 0), visible: true, thickness: 1.5, width: 5 },
-        customdata: mine.map((r) => [r.count, r.diverged, r.std ?? 0]),
-        hovertemplate: "D=%{x}: %{y:.1%} ± %{customdata[2]:.1%}<br>%{customdata[0]} seeds, %{customdata[1]} diverged",
-        line: { color: optimizerColor(optimizer), width: 2 }, marker: { size: 7 },
-      });
+  // one colour per setting over the open job and the compared ones
+  function hues() {
+    const labels = [];
+    for (const s of [state.summary, ...[...state.compared.values()].map((c) => c.summary)]) {
+      if (!s) continue;
+      const keys = Charts.settingKeys(s.group_by);
+      for (const r of s.rows) labels.push(Charts.settingLabel(r, keys));
     }
-    const delays = [...new Set(rows.map((r) => r.delay))].sort((a, b) => a - b);
-    Plotly.react($("chart-accuracy"), traces, baseLayout(jobId, {
-      xaxis: { title: { text: "delay D (updates)" }, tickvals: delays.length <= 12 ? delays : undefined, zeroline: false },
-      yaxis: { title: { text: "test accuracy" }, tickformat: ".0%", range: [0, 1.04] },
-      legend: { orientation: "h", x: 0, y: 1.02, yanchor: "bottom" }, showlegend: true,
-      margin: { l: 56, r: 12, t: 28, b: 44 },
-    }), PLOT_CONFIG);
+    for (const r of state.results || []) labels.push(Charts.settingLabel(r, openKeys()));
+    return Charts.palette(labels);
   }
 
-  function groupLabel(c) {
-    const where = c.mode === "free" ? `free W=${c.workers}`
-      : c.mode === "distributed" ? `D=${c.delay} dist W=${c.workers}` : `D=${c.delay}`;
-    return `${c.optimizer} ${where}`;
+  function renderAccuracy() {
+    const jobs = [{ id: state.job.id, name: state.job.name, groupBy: state.summary.group_by, rows: state.summary.rows }];
+    for (const id of state.compare) {
+      const c = state.compared.get(id);
+      if (c) jobs.push({ id, name: c.job.name, groupBy: c.summary.group_by, rows: c.summary.rows });
+    }
+    Charts.accuracy($("chart-accuracy"), jobs, hues());
+    const note = $("compare-note");
+    note.hidden = jobs.length < 2;
+    note.textContent = jobs.length < 2 ? "" : `· compared: ${jobs.slice(1).map((j) => `#${j.id}`).join(", ")} (dashed)`;
+    $("job-detail").dataset.compared = jobs.slice(1).map((j) => j.id).join(",");
   }
 
-  function trialLabel(c) {
-    return `${groupLabel(c)} s=${c.seed}`;
+  function renderCurves(trials) {
+    Charts.curves($("chart-curves"), trials, { metric: $("curve-metric").value, x: $("curve-x").value,
+      keys: openKeys(), hues: hues(), jobId: state.job.id });
   }
 
-  // one line per trial: color by optimizer (shade by delay), dash by seed; one legend entry per
-  // optimizer and delay when there are several seeds (a click toggles all of its seeds)
-  function renderLoss(trials, jobId) {
-    const metric = $("loss-metric").value;
-    const delays = [...new Set(trials.map((t) => t.config.delay))].sort((a, b) => a - b);
-    const seeds = [...new Set(trials.map((t) => t.config.seed))].sort((a, b) => a - b);
-    const multiSeed = seeds.length > 1;
-    const inLegend = new Set();
-    const traces = trials.map((t) => {
-      const c = t.config;
-      const group = groupLabel(c);
-      const shade = delays.length > 1 ? delays.indexOf(c.delay) / (delays.length - 1) : 0.5;
-      const showlegend = !multiSeed || !inLegend.has(group);
-      inLegend.add(group);
-      return {
-        type: "scatter", mode: t.epochs.length > 1 ? "lines" : "lines+markers",
-        name: multiSeed ? group : trialLabel(c), legendgroup: group, showlegend, meta: t.id,
-        x: t.epochs.map((e) => e.epoch), y: t.epochs.map((e) => lossValue(e[metric])),
-        line: { color: optimizerColor(c.optimizer, shade), width: 1.6, dash: DASHES[seeds.indexOf(c.seed) % DASHES.length] },
-        hovertemplate: `${trialLabel(c)}<br>epoch %{x}: %{y:.4g}<extra>${t.id}</extra>`,
-      };
-    });
-    // diverging runs reach 1e8 and more: keep the axis on the useful range (10x the largest first loss)
-    const values = traces.flatMap((t) => t.y).filter((v) => v !== null);
-    const firsts = traces.map((t) => t.y.find((v) => v !== null)).filter((v) => v !== undefined);
-    const cap = 10 * Math.max(...firsts);
-    const clipped = values.length > 0 && Math.max(...values) > cap;
-    const lastEpoch = Math.max(0, ...trials.map((t) => t.epochs.length ? t.epochs[t.epochs.length - 1].epoch : 0));
-    const low = values.length ? Math.min(...values) : 1;
-    const high = clipped ? cap : values.length ? Math.max(...values) : 1;
-    Plotly.react($("chart-loss"), traces, baseLayout(jobId, {
-      xaxis: { title: { text: "epoch" }, zeroline: false, dtick: lastEpoch <= 10 ? 1 : undefined },
-      yaxis: {
-        title: { text: metric.replace("_", " ") }, type: "log",
-        range: clipped ? [Math.log10(low) - 0.1, Math.log10(cap)] : undefined,
-        autorange: !clipped,
-        dtick: Math.log10(high / low) >= 1.5 ? 1 : undefined,  // powers of ten when it spans decades
-      },
-      annotations: clipped ? [{
-        text: `diverging: up to ${Math.max(...values).toExponential(0)}, off scale`, xref: "paper", yref: "paper",
-        x: 1, y: 1, xanchor: "right", yanchor: "top", showarrow: false, bgcolor: "rgba(255,255,255,0.85)",
-        font: { size: 11, color: "#9a3412" },
-      }] : [],
-      showlegend: true,
-    }), PLOT_CONFIG);
-  }
-
-  function lossValue(v) {
-    return typeof v === "number" && Number.isFinite(v) && v > 0 ? v : null;  // diverged: a gap
-  }
-
-  function renderStaleness(trials, jobId) {
+  function renderStaleness(trials) {
     const distributed = trials.filter((t) => t.config.mode && t.config.mode !== "simulated");
     const chart = $("chart-staleness");
     chart.dataset.trials = String(distributed.length);
@@ -388,50 +426,73 @@
       return;
     }
     chart.hidden = $("staleness-card").hidden = false;
-    // summed over epochs: per trial when there are few, else per optimizer and mode
-    const perTrial = distributed.length <= 6;
-    const groups = new Map();
-    for (const t of distributed) {
-      const c = t.config;
-      const key = perTrial ? t.id : `${c.optimizer} ${c.mode}${c.mode === "distributed" ? ` D=${c.delay}` : ""}`;
-      if (!groups.has(key)) groups.set(key, { name: perTrial ? trialLabel(c) : key, optimizer: c.optimizer, counts: new Map() });
-      const counts = groups.get(key).counts;
-      for (const e of t.epochs) {
-        let hist = {};
-        try { hist = typeof e.staleness_hist === "string" ? JSON.parse(e.staleness_hist || "{}") : (e.staleness_hist || {}); } catch (_) { /* skip */ }
-        for (const [s, n] of Object.entries(hist)) counts.set(Number(s), (counts.get(Number(s)) || 0) + Number(n));
-      }
-    }
-    const list = [...groups.values()];
-    const traces = list.map((g, i) => {
-      const xs = [...g.counts.keys()].sort((a, b) => a - b);
-      return {
-        type: "bar", name: g.name, x: xs, y: xs.map((s) => g.counts.get(s)),
-        marker: { color: optimizerColor(g.optimizer, list.length > 1 ? i / (list.length - 1) : 0.5) },
-        hovertemplate: `${g.name}<br>staleness %{x}: %{y} updates<extra></extra>`,
-      };
-    });
-    Plotly.react(chart, traces, baseLayout(jobId, {
-      barmode: "group", bargap: 0.15,
-      xaxis: { title: { text: "staleness (updates)" }, dtick: 1, zeroline: false },
-      yaxis: { title: { text: "gradients applied" } },
-      showlegend: true,
-    }), PLOT_CONFIG);
+    Charts.staleness(chart, distributed, { keys: openKeys(), hues: hues(), jobId: state.job.id });
   }
 
-  function renderSummary(rows) {
-    const sorted = [...rows].sort((a, b) => cmp(a.optimizer, b.optimizer) || a.delay - b.delay);
-    $("summary-table").tBodies[0].replaceChildren(...sorted.map((r) => {
-      const tr = el("tr", { "data-optimizer": r.optimizer, "data-delay": r.delay });
-      const swatch = el("span", { class: "swatch", style: `background:${optimizerColor(r.optimizer)}` });
-      const name = el("td", {});
-      name.append(swatch, r.optimizer);
-      tr.append(name, el("td", { class: "num" }, String(r.delay)), el("td", { class: "num" }, pct(r.mean)),
-        el("td", { class: "num" }, r.std == null ? "–" : `± ${pct(r.std)}`), el("td", { class: "num" }, String(r.count)),
-        el("td", { class: `num${r.diverged ? " bad" : ""}` }, String(r.diverged)));
-      return tr;
+  function renderSummary() {
+    const { group_by: groupBy, rows } = state.summary;
+    const keys = openKeys();
+    const colours = hues();
+    const columns = groupBy.map((key, i) => ({
+      key, label: key, numeric: rows.some((r) => typeof r[key] === "number"),
+      format: i === 0 ? (v, r) => {
+        const cell = el("span", {});
+        cell.append(el("span", { class: "swatch", style: `background:${Charts.color(colours.get(Charts.settingLabel(r, keys)))}` }), String(v));
+        return cell;
+      } : undefined,
     }));
+    columns.push(
+      { key: "accuracy_mean", label: "accuracy", numeric: true, format: pct },
+      { key: "accuracy_std", label: "std", numeric: true, format: (v) => (v == null ? "–" : `± ${pct(v)}`) },
+      { key: "count", label: "trials", numeric: true },
+      { key: "diverged", label: "diverged", numeric: true, className: (r) => (r.diverged ? "bad" : "") });
+    AbrayTable.render($("summary-table"), { columns, rows,
+      rowAttrs: (r) => ({ "data-optimizer": r.optimizer, "data-delay": r.delay }) });
     $("summary-empty").hidden = rows.length > 0;
+  }
+
+  function renderTrials() {
+    const trials = state.trials || [];
+    const fields = trials.length ? Object.keys(trials[0].config).filter((k) => !NOT_HYPERPARAMETERS.has(k)) : [];
+    const varies = (k) => new Set(trials.map((t) => JSON.stringify(t.config[k]))).size > 1;
+    const swept = fields.filter(varies);
+    const rows = trials.map((t) => Object.assign({}, t.config, {
+      trial_id: t.trial_id, status: t.status, epochs_reported: t.epochs_reported,
+      test_accuracy: t.test_accuracy == null ? null : 100 * t.test_accuracy, diverged: t.diverged, error: t.error,
+    }));
+    const numeric = (k) => rows.some((r) => typeof r[k] === "number");
+    const columns = [
+      { key: "trial_id", label: "trial" },
+      { key: "status", label: "status", className: (r) => (r.status === "failed" ? "bad" : "") },
+      { key: "epochs_reported", label: "epochs", numeric: true },
+      { key: "test_accuracy", label: "accuracy", numeric: true, format: pct, title: "last reported test accuracy (%)" },
+      { key: "diverged", label: "diverged", format: (v) => (v ? "yes" : "no"), className: (r) => (r.diverged ? "bad" : "") },
+      ...[...swept, ...fields.filter((k) => !swept.includes(k))].map((k) => ({
+        key: k, label: k, numeric: numeric(k), className: () => (swept.includes(k) ? "swept" : ""),
+        title: swept.includes(k) ? `sort by ${k} (swept)` : `sort by ${k} (the same for every trial)`,
+        format: (v) => (v === null || v === undefined ? "–" : Array.isArray(v) ? v.join(",") : String(v)) })),
+      { key: "error", label: "error", className: () => "error-cell" },
+    ];
+    AbrayTable.render($("trials-table"), { columns, rows, rowAttrs: (r) => ({ "data-trial-id": r.trial_id }) });
+    $("trials-count").textContent = `${rows.length} trial${rows.length === 1 ? "" : "s"}`;
+  }
+
+  // ---- downloads -------------------------------------------------------------------------------------
+
+  async function download(format) {
+    const id = state.job.id;
+    try {
+      const blob = await (await request(`/jobs/${id}/results?format=${format}`, "*/*")).blob();
+      const url = URL.createObjectURL(blob);
+      const a = el("a", { href: url, download: `job-${id}.${format}` });
+      document.body.append(a);
+      a.click();
+      a.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 10000);
+    } catch (err) {
+      if (err instanceof AuthError) return needToken(err);
+      showError(err);
+    }
   }
 
   // ---- small helpers -----------------------------------------------------------------------------
@@ -443,8 +504,8 @@
     return node;
   }
 
-  function pct(v) {
-    return v == null ? "–" : `${(100 * v).toFixed(1)}%`;
+  function pct(v) {  // summaries are in percent already
+    return v == null ? "–" : `${v.toFixed(1)}%`;
   }
 
   function shortTime(iso) {
@@ -490,19 +551,33 @@
       localStorage.removeItem(TOKEN_KEY);
       restart();
     });
-    $("refresh").addEventListener("click", () => { refreshList(); if (state.selected !== null) refreshJob(); });
-    $("loss-metric").addEventListener("change", () => {
-      if (state.results) renderLoss(groupTrials(state.results), state.job.id);
+    $("refresh").addEventListener("click", () => {
+      refreshList();
+      refreshLinks();
+      if (state.selected !== null) refreshJob();
     });
-    window.addEventListener("hashchange", () => select(hashJob()));
-    const id = hashJob();
-    if (id !== null) select(id);
+    for (const id of ["curve-metric", "curve-x"]) {
+      $(id).addEventListener("change", () => { if (state.results && state.results.length) renderCurves(groupTrials(state.results)); });
+    }
+    for (const button of document.querySelectorAll(".downloads button")) {
+      button.addEventListener("click", () => download(button.dataset.format));
+    }
+    window.addEventListener("hashchange", onHash);
+    // a chart follows its card's width (a scroll bar appearing, the window resized, a card reflowed)
+    const resized = new ResizeObserver((entries) => {
+      for (const entry of entries) if (entry.target._fullLayout && !entry.target.hidden) Plotly.Plots.resize(entry.target);
+    });
+    for (const div of document.querySelectorAll(".chart")) resized.observe(div);
+    const { job, compare } = parseHash();
+    state.compare = compare.filter((id) => id !== job);
+    if (job !== null) select(job);
     refreshList();
+    refreshLinks();
   }
 
-  if (typeof Plotly === "undefined") {
+  if (typeof Plotly === "undefined" || !window.AbrayCharts || !window.AbrayTable) {
     document.body.dataset.state = "error";
-    $("error-banner").textContent = "plotly.min.js did not load (/dashboard/static/plotly.min.js).";
+    $("error-banner").textContent = "The dashboard's scripts did not load (/dashboard/static/plotly.min.js, charts.js, table.js).";
     $("error-banner").hidden = false;
   } else {
     init();

@@ -52,3 +52,14 @@ def test_bad_config_fails_before_training_naming_fields_and_allowed_values(tmp_p
     assert "granularity: Input should be 'tensor', 'global' or 'element'" in err
     assert "delay: Input should be greater than or equal to 0" in err
     assert "step" not in err and not (tmp_path / "x.csv").exists()
+
+
+def test_a_distributed_run_bigger_than_the_machine_says_so_without_a_traceback(tmp_path):
+    import os
+
+    workers = 2 * os.cpu_count() + 2  # Ray's local cluster has one CPU per core
+    res = abray("train", "--mode", "distributed", "--workers", str(workers), "--epochs", "1", cwd=tmp_path)
+    assert res.returncode == 2, res.stderr
+    assert (f"abray train: workers x cpus_per_worker = {workers} x 1 = {workers} CPUs requested, but the Ray "
+            f"cluster has") in res.stderr and "lower workers or cpus_per_worker" in res.stderr
+    assert "Traceback" not in res.stderr and not list(tmp_path.glob("runs/*.csv"))

@@ -17,6 +17,13 @@ def test_cluster_yaml_passes_rays_validator():
     assert types["gpu_worker"]["min_workers"] == 0 and types["gpu_worker"]["max_workers"] > 0
 
 
+def test_the_dashboard_listens_on_the_head_only():
+    # Ray's job API, served with the dashboard, runs whatever code it is sent: never on a public address
+    config = yaml.safe_load(CLUSTER.read_text())
+    starts = [cmd for cmd in config["head_start_ray_commands"] if cmd.startswith("ray start")]
+    assert starts and all("--dashboard-host=127.0.0.1" in cmd and "0.0.0.0" not in cmd for cmd in starts)
+
+
 def test_the_validator_catches_a_typo():
     config = yaml.safe_load(CLUSTER.read_text())
     broken = copy.deepcopy(config)

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -30,10 +32,25 @@ def test_dcasgd_by_hand():
 
 
 def test_adaptive_dcasgd_by_hand():
-    # first step: MS = g^2, lambda = 1/|g|, so g + |g| (w_now - w_then) = (3, 0); v = (3.5, 0.5)
+    # first step from MS_0 = 0: MS = (1 - 0.95) g^2 = (0.2, 0.05), lambda = 1 / sqrt(MS + 1e-7);
+    # g + lambda g^2 (w_now - w_then) = (2 + 4 * 0.5 / sqrt(0.2 + 1e-7), -1 + 1 * 1 / sqrt(0.05 + 1e-7))
+    compensated = [2 + 2 / math.sqrt(0.2 + 1e-7), -1 + 1 / math.sqrt(0.05 + 1e-7)]
     w, v = one_step(DCASGD, dc_lambda=1.0, adaptive=True)
-    torch.testing.assert_close(v, torch.tensor([3.5, 0.5]))
-    torch.testing.assert_close(w, torch.tensor([0.65, 1.95]))
+    torch.testing.assert_close(v, torch.tensor([0.5 + compensated[0], 0.5 + compensated[1]]))
+    torch.testing.assert_close(w, torch.tensor([1 - 0.1 * (0.5 + compensated[0]), 2 - 0.1 * (0.5 + compensated[1])]))
+
+
+def test_adaptive_dcasgds_mean_square_follows_its_recurrence_from_zero():
+    w = torch.tensor(W_NOW, requires_grad=True)
+    opt = DCASGD([w], lr=0.1, momentum=0.5, dc_lambda=1.0, adaptive=True, ms_decay=0.9, delay=2)
+    grads = [torch.tensor(G), torch.tensor([1.0, 3.0])]
+    expected = torch.zeros(2)
+    for g in grads:
+        opt.prepare(staleness=2, source={w: torch.tensor(W_THEN)})
+        w.grad = g
+        opt.step()
+        expected = 0.9 * expected + 0.1 * g * g
+        torch.testing.assert_close(opt.state[w]["sq_avg"], expected)
 
 
 def test_staleness_aware_lr_by_hand():

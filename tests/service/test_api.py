@@ -1,15 +1,18 @@
 """The job service against a real uvicorn server, a real SQLite file and the session's Ray cluster."""
 
+import os
+import re
 import signal
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pandas as pd
 import pytest
 
-from abray.results import CONFIG_COLUMNS, METRIC_COLUMNS, summarize
+from abray.results import CONFIG_COLUMNS, METRIC_COLUMNS
 from support.service import ApiServer, finish_jobs
 
 TINY = {"name": "tiny", "epochs": 2, "batch_size": 64, "grid": {"optimizer": ["sgdm", "ab"], "delay": [0, 8]}}
@@ -28,8 +31,9 @@ def metric_rows(server, job_id) -> int:
 
 
 def test_full_job_from_submission_to_results(api_server):
+    spec = dict(TINY, grid={"delay": [0, 8], "rho": [0.5, 1.5]})  # AB at two brake strengths
     with api_server.client() as client:
-        job = submit(client, TINY)
+        job = submit(client, spec)
         assert job["status"] == "queued" and job["progress"]["total"] == 4 and job["progress"]["pending"] == 4
         done = api_server.wait_for(job["id"], lambda j: j["status"] not in ("queued", "running"))
         assert done["status"] == "succeeded", done
@@ -39,8 +43,8 @@ def test_full_job_from_submission_to_results(api_server):
 
         trials = client.get(f"/jobs/{job['id']}/trials").json()
         assert len(trials) == 4 and all(t["status"] == "succeeded" and t["epochs_reported"] == 2 for t in trials)
-        assert {(t["config"]["optimizer"], t["config"]["delay"]) for t in trials} == {
-            (o, d) for o in ("sgdm", "ab") for d in (0, 8)}
+        assert {(t["config"]["rho"], t["config"]["delay"]) for t in trials} == {
+            (r, d) for r in (0.5, 1.5) for d in (0, 8)}
 
     base = f"{api_server.url}/jobs/{job['id']}/results"
     csv = pd.read_csv(f"{base}?format=csv")  # pandas reads the URLs directly
@@ -53,24 +57,26 @@ def test_full_job_from_submission_to_results(api_server):
     assert parquet.test_accuracy.tolist() == pytest.approx(csv.test_accuracy.tolist())
     assert (parquet.test_accuracy > 0.1).all()  # two epochs on digits learn something
 
+    # the summary keeps the two rho apart (seed is the only thing pooled), in percent like `abray results`
     summary = httpx.get(f"{api_server.url}/jobs/{job['id']}/summary").json()
-    expected = summarize(parquet)
-    assert len(summary["rows"]) == 4
+    assert summary["group_by"] == ["optimizer", "delay", "rho"] and len(summary["rows"]) == 4
+    last = parquet[parquet.epoch == 2]
     for row in summary["rows"]:
-        match = expected[(expected.optimizer == row["optimizer"]) & (expected.delay == row["delay"])]
-        assert row["mean"] == pytest.approx(float(match["mean"].iloc[0])) and row["count"] == 1
+        match = last[(last.delay == row["delay"]) & (last.rho == row["rho"])]
+        assert len(match) == 1 and row["count"] == 1 and row["accuracy_std"] is None
+        assert row["accuracy_mean"] == pytest.approx(100 * float(match.test_accuracy.iloc[0]))
 
 
 def test_bad_input_is_refused_and_leaves_no_row(api_server):
     with api_server.client() as client:
         before = client.get("/jobs").json()["total"]
         cases = [
-            ({"grid": {"delay": [-1]}}, ["body", "delay"], "greater than or equal to 0"),
+            ({"grid": {"delay": [-1]}}, ["body", "grid", "delay", 0], "delay=-1: Input should be greater than or equal to 0"),
             ({"grid": {"colour": [1]}}, ["body", "grid", "colour"], "allowed: delay, optimizer"),
             ({"optimizer": "adamw"}, ["body", "optimizer"], "'sgdm', 'ab'"),
             ({"momentum": 1.5}, ["body", "momentum"], "less than 1"),
-            ({"grid": {"delay": list(range(100)), "seed": list(range(60))}}, ["body"],
-             "sweep has 6000 trials, more than max_trials = 5000"),
+            ({"grid": {"delay": list(range(100)), "seed": list(range(60))}}, ["body", "grid"],
+             "sweep has 6000 trials, more than this service accepts (5000); shrink the grid"),
             ({"storage": "/etc"}, ["body", "storage"], "set by the service"),
             ({"output": "/tmp/x.csv"}, ["body", "output"], "set by the service"),
         ]
@@ -196,6 +202,20 @@ def test_a_running_job_survives_an_api_restart(ray_cluster, tmp_path):
         server.stop()
 
 
+def test_a_trial_that_crashes_fails_its_job_with_its_own_error(api_server):
+    # The session's Ray advertises a GPU: a trial on a CUDA device that no machine here has is placed, and crashes
+    # in torch. (A step that fails at every try is tested in tests/training/test_faults.py: a value that makes
+    # workers crash, such as slowdown 1e15, can no longer reach them through the API, which bounds every number.)
+    spec = {"name": "failing", "epochs": 1, "batch_size": 64, "device": "cuda:99"}
+    with api_server.client() as client:
+        job = submit(client, spec)
+        done = api_server.wait_for(job["id"], lambda j: j["status"] not in ("queued", "running"))
+        trials = client.get(f"/jobs/{job['id']}/trials").json()
+    assert done["status"] == "failed" and done["progress"]["failed"] == 1
+    assert done["error"].startswith("all 1 trials failed; first error: ") and trials[0]["status"] == "failed"
+    assert trials[0]["error"] and trials[0]["error"] in done["error"]  # the trial's own text, in the job's
+
+
 def test_a_job_whose_driver_died_is_marked_failed(api_server):
     import os
 
@@ -224,21 +244,15 @@ def test_generated_token_is_printed_once_and_reads_can_need_it(ray_cluster, tmp_
         assert sum("abray API token" in line for line in server.log.read_text().splitlines()) == 1  # not again
         assert httpx.get(f"{server.url}/jobs").status_code == 401
         assert httpx.get(f"{server.url}/jobs/1/results").status_code == 401
+        # /health: its status for anyone; the database's path and the Ray address only with the token
+        assert httpx.get(f"{server.url}/health").json() == {"status": "ok", "database": None, "ray": None,
+                                                            "jobs": None, "links": {}}
+        detailed = httpx.get(f"{server.url}/health", headers=server.auth).json()
+        assert str(tmp_path) in detailed["database"]["url"] and detailed["ray"]["address"] == server.ray_address
         with server.client() as client:  # the same token still works after the restart
             assert client.get("/jobs").json()["total"] == 1
     finally:
         server.stop()
-
-
-def test_a_database_of_another_schema_version_is_refused(tmp_path):
-    from abray.service import store
-
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    store.connect(url).dispose()
-    with sqlite3.connect(tmp_path / "old.db") as db:
-        db.execute("UPDATE abray_meta SET value = '0' WHERE key = 'schema_version'")
-    with pytest.raises(store.SchemaError, match="has schema version 0; this abray needs version 1"):
-        store.connect(url)
 
 
 @pytest.mark.slow
@@ -254,26 +268,68 @@ def test_serve_refuses_bad_settings_before_starting(tmp_path):
 
 
 @pytest.mark.slow
-def test_without_ray_address_jobs_run_on_the_services_own_head_which_outlives_a_restart(tmp_path):
+def test_without_ray_address_jobs_run_on_the_services_own_head_which_outlives_a_restart_and_stops_alone(tmp_path):
+    """The service's own head: reused after an API restart; `abray serve --stop` ends the service and that head,
+    and leaves the machine as `ray stop` would have for it: no process of the head, and Ray's record of the
+    current cluster no longer names it, so `ray.init(num_cpus=...)` starts a new instance again (it failed with
+    "When connecting to an existing cluster, num_cpus and num_gpus must not be provided" before)."""
     import json as json_
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
 
-    from abray.service.cluster import answers, stop_local_head
+    import ray  # noqa: F401  (Ray vendors psutil, and puts it on the path)
+    import psutil
 
-    server = ApiServer(tmp_path, ray_address=None).start()
+    from abray.service.cluster import answers
+
+    # Ray's temp folder of its own (short: Ray's socket paths must fit in 107 bytes), so that the record of the
+    # current cluster is this head's alone, whatever other Ray instances this machine runs
+    ray_tmp = Path(tempfile.mkdtemp(prefix="abr", dir="/tmp"))
+    env = {"RAY_TMPDIR": str(ray_tmp)}
+    server = ApiServer(tmp_path, ray_address=None, env=env).start()
     try:
-        address = json_.loads((tmp_path / "ray_head.json").read_text())["address"]
+        record = json_.loads((tmp_path / "ray_head.json").read_text())
+        address, session = record["address"], record["session"]
         assert httpx.get(f"{server.url}/health").json()["ray"] == {"address": address, "ok": True}
         with server.client() as client:
+            # the service's own head cannot grow: a trial bigger than it is refused at submission, with the numbers
+            big = client.post("/jobs", json=dict(TINY, mode="free", workers=64, cpus_per_worker=16))
+            assert big.status_code == 422, big.text
+            message = big.json()["detail"][0]["msg"]
+            assert re.fullmatch(r"a free trial needs 1025 CPUs \(1 for the trial \+ 64 workers x 16\), but the Ray "
+                                r"cluster has \d+ and cannot grow; lower workers or cpus_per_worker", message), message
+            assert client.get("/jobs").json()["total"] == 0
             job = submit(client, dict(TINY, grid={"optimizer": ["ab"]}))
         assert server.wait_for(job["id"], lambda j: j["status"] not in ("queued", "running"))["status"] == "succeeded"
         server.stop()
         server.start()
-        assert httpx.get(f"{server.url}/health").json()["ray"]["address"] == address  # the same head, reused
+        health = httpx.get(f"{server.url}/health").json()
+        assert health["ray"]["address"] == address  # the same head, reused
+        assert health["links"]["ray_dashboard"] == record["dashboard_url"]  # its dashboard runs, and is linked
         assert server.log.read_text().count("starting a local Ray head") == 1
+        current_cluster = ray_tmp / "ray" / "ray_current_cluster"
+        assert current_cluster.read_text().strip() == address  # what `ray start` wrote
+        head = [p for p in psutil.process_iter() if _session(p) == session]
+        assert any(p.name() == "raylet" for p in head) and any(p.name() == "gcs_server" for p in head)
     finally:
-        server.stop()
-        assert stop_local_head(tmp_path)  # only this head: the session's cluster goes on
-    deadline = time.time() + 20
-    while answers(address) and time.time() < deadline:
-        time.sleep(0.5)
-    assert not answers(address)
+        stop = subprocess.run([sys.executable, "-m", "abray.cli", "serve", "--stop", "--storage", str(tmp_path)],
+                              capture_output=True, text=True, timeout=120, env=dict(os.environ, **env))
+        server.proc.wait(timeout=30)
+    assert stop.returncode == 0, stop.stderr
+    assert f"stopping the local Ray head at {address}" in stop.stdout and "stopping abray serve" in stop.stdout
+    assert not answers(address) and not [p for p in psutil.process_iter() if _session(p) == session]
+    assert not current_cluster.exists() and not (tmp_path / "ray_head.json").exists()
+    init = subprocess.run([sys.executable, "-c", "import ray; ray.init(num_cpus=1, include_dashboard=False); "
+                           "print(ray.cluster_resources()['CPU']); ray.shutdown()"],
+                          capture_output=True, text=True, timeout=120, env=dict(os.environ, **env))
+    assert init.returncode == 0 and init.stdout.split()[-1] == "1.0", init.stderr[-2000:]
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _session(proc):
+    try:
+        return os.getsid(proc.pid)
+    except (ProcessLookupError, PermissionError):
+        return None

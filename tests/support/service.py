@@ -1,6 +1,5 @@
 """`abray serve` as a child process on a loopback port: what the tests, the API benchmark and the dashboard's
-screenshot script run against (the real service, its real database, a real Ray). Test support: it needs httpx,
-a test extra."""
+screenshot script run against (the real service, its real database, a real Ray)."""
 
 from __future__ import annotations
 
@@ -19,12 +18,13 @@ from abray.service.cluster import free_port
 
 class LocalService:
     """The service with its storage in `storage` and its log in storage/server.log. `ray_address`: a cluster to
-    run jobs on; None lets the service start its own local head. `settings`: any abray.service.settings field."""
+    run jobs on; None lets the service start its own local head. `env`: more environment variables for it.
+    `settings`: any abray.service.settings field."""
 
     def __init__(self, storage: Path, ray_address: Optional[str] = None, database: Optional[str] = None,
-                 token: Optional[str] = None, **settings):
+                 token: Optional[str] = None, env: Optional[dict] = None, **settings):
         self.storage, self.ray_address, self.database, self.token = Path(storage), ray_address, database, token
-        self.settings = settings
+        self.settings, self.env = settings, env or {}
         self.port, self.proc, self.log = free_port(), None, self.storage / "server.log"
 
     @property
@@ -38,7 +38,7 @@ class LocalService:
     def start(self, timeout: float = 90) -> "LocalService":
         """Start it (again, on the same port, storage and database) and wait until /health says ok."""
         self.storage.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, ABRAY_STORAGE=str(self.storage),
+        env = dict(os.environ, ABRAY_STORAGE=str(self.storage), **self.env,
                    **{f"ABRAY_{k.upper()}": str(v) for k, v in self.settings.items()})
         for name, value in (("RAY_ADDRESS", self.ray_address), ("ABRAY_TOKEN", self.token),
                             ("ABRAY_DATABASE_URL", self.database)):

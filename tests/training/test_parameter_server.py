@@ -1,0 +1,205 @@
+"""The parameter server's logic without Ray (`ParameterServerState`): leases, restarts from a checkpoint, retries,
+epochs and weight prediction. Gradients are computed the way the Ray workers compute them (`flat_gradient`)."""
+
+import numpy as np
+import pytest
+import torch
+
+from abray.training.checkpoints import CheckpointError, remove_folder
+from abray.training.config import parse_config
+from abray.training.data import digits
+from abray.training.flat import FlatLayout, flat_gradient
+from abray.training.models import build_model
+from abray.training.parameter_server import ParameterServerState
+
+DATA = digits()
+STEPS_PER_EPOCH = len(DATA.train) // 64  # 22
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: a second thread only fights the other processes on this machine for a core."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def config(**kw):
+    return parse_config({"mode": "distributed", "delay": 2, "batch_size": 64, "epochs": 2, "checkpoint_every": 5,
+                         **kw})
+
+
+def server(cfg, storage=None, run_id="run-a"):
+    return ParameterServerState(cfg, DATA.test, len(DATA.train), DATA.num_classes,
+                                str(storage) if storage else None, run_id)
+
+
+class Worker:
+    """A worker's computation, as the Ray actor does it: (work) -> (lease, flat gradient, loss, buffers)."""
+
+    def __init__(self, cfg):
+        self.model = build_model(cfg.model, DATA.num_classes).train()
+        self.names = [n for n, _ in self.model.named_parameters()]
+        self.layout = FlatLayout([p.shape for p in self.model.parameters()])
+
+    def __call__(self, work):
+        loss, grad = flat_gradient(self.model, self.names, self.layout, DATA.train, work, work["weights"])
+        return work["lease"], grad, loss, None
+
+
+def run_to_the_end(state, worker, in_flight=()):
+    """Hand out and apply until done, oldest hand-out first; `in_flight`: results computed earlier."""
+    queue = list(in_flight)
+    epochs = []
+    while not state.done:
+        while (work := state.next_work()) is not None:
+            queue.append(worker(work))
+        epochs += state.receive(*queue.pop(0))
+    return epochs
+
+
+def test_a_result_delivered_twice_is_applied_once():
+    cfg = config(mode="free")
+    state, worker = server(cfg), Worker(cfg)
+    result = worker(state.next_work())
+    assert state.holds(result[0])
+    state.receive(*result)
+    assert not state.holds(result[0])
+    weights = state.flat.clone()
+    assert state.receive(*result) == [] and state.applied == 1 and state.applied_steps == [0]
+    assert torch.equal(state.flat, weights)
+
+
+@pytest.mark.parametrize("mode", ["distributed", "free"])
+def test_a_restarted_server_applies_every_step_once_and_drops_results_from_before(tmp_path, mode):
+    cfg = config(mode=mode, delay=3, checkpoint_every=2)
+    worker = Worker(cfg)
+    undisturbed = server(cfg)
+    run_to_the_end(undisturbed, worker)
+
+    first = server(cfg, tmp_path)
+    results = [worker(first.next_work()) for _ in range(4)]  # steps 0-3 handed out
+    for r in results[1:3]:  # steps 1 and 2 arrive first: free mode applies them, fixed mode buffers them
+        first.receive(*r)
+    first.receive(*results[0])  # 3 updates now, in either mode
+    late = worker(first.next_work())  # step 4, handed out by the instance about to die
+    first.receive(*results[3])  # 4 updates: a checkpoint, with step 4 still out
+    applied_before_crash = list(first.applied_steps)
+
+    restarted = server(cfg, tmp_path)
+    assert restarted.restore() and restarted.applied == 4 and restarted.applied_steps == applied_before_crash
+    assert restarted.receive(*late) == [] and restarted.applied == 4  # a lease of the dead instance: dropped
+    again = restarted.next_work()
+    assert restarted.unapplied_steps() == [4] and again["step"] == 4  # and its step comes again
+    run_to_the_end(restarted, worker, [worker(again)])
+
+    total = STEPS_PER_EPOCH * cfg.epochs
+    assert sorted(restarted.applied_steps) == list(range(total))  # every step once
+    assert [m.epoch for m in restarted.history] == [1, 2]
+    if mode == "distributed":  # the same trajectory as without the restart
+        assert restarted.applied_steps == list(range(total))
+        assert torch.allclose(restarted.flat, undisturbed.flat, atol=1e-6, rtol=0)
+
+
+def test_free_mode_resumes_with_the_steps_it_had_handed_out_but_not_applied(tmp_path):
+    # out of order: steps 0..2 out, 2 and 1 applied, then a checkpoint while 0 is still out
+    cfg = config(mode="free", checkpoint_every=2, epochs=1)
+    state, worker = server(cfg, tmp_path), Worker(cfg)
+    results = [worker(state.next_work()) for _ in range(3)]
+    state.receive(*results[2])
+    state.receive(*results[1])
+    restarted = server(cfg, tmp_path)
+    restarted.restore()
+    assert restarted.applied_steps == [2, 1] and restarted.unapplied_steps() == [0]
+    assert [restarted.next_work()["step"] for _ in range(2)] == [0, 3]
+
+
+def test_a_checkpoint_of_another_run_or_config_is_refused_naming_its_path(tmp_path):
+    cfg = config(optimizer="ab")
+    state, worker = server(cfg, tmp_path, run_id="run-a"), Worker(cfg)
+    run_to_the_end(state, worker)  # checkpoints along the way and at the end
+    folder = tmp_path / "run-a"
+    assert (folder / "checkpoint.pt").exists()
+
+    assert server(cfg, tmp_path, run_id="run-a").restore()  # its own run, same config: resumed
+    other_config = config(optimizer="sgdm", seed=7, lr=0.01)
+    for intruder in (server(other_config, tmp_path, run_id="run-a"), server(cfg, tmp_path, run_id="run-b")):
+        intruder.folder = state.folder  # pointed at run-a's folder
+        with pytest.raises(CheckpointError, match=f"checkpoint {folder}/checkpoint.pt belongs to run run-a .*"
+                                                  "refusing to resume it"):
+            intruder.restore()
+        assert intruder.applied == 0  # nothing of it was taken
+
+    (folder / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=f"cannot read checkpoint {folder}/checkpoint.pt"):
+        server(cfg, tmp_path, run_id="run-a").restore()
+
+
+def test_each_run_checkpoints_in_a_folder_of_its_own_under_the_storage_root(tmp_path):
+    cfg = config(epochs=1)
+    for run_id in ("run-a", "run-b"):
+        state = server(cfg, tmp_path, run_id=run_id)
+        run_to_the_end(state, Worker(cfg))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run-a", "run-b"]
+    assert [p.name for p in (tmp_path / "run-a").iterdir()] == ["checkpoint.pt"]  # no temporary file left
+    state.folder.remove()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run-a"]
+    remove_folder(str(tmp_path), only_if_empty=True)  # a sweep's root, when its runs keep their checkpoints
+    assert (tmp_path / "run-a" / "checkpoint.pt").exists()
+    remove_folder(str(tmp_path))  # and when they do not: whatever a stopped run left goes too
+    assert not tmp_path.exists()
+
+
+@pytest.mark.parametrize("retries", [0, 3])
+def test_a_step_that_keeps_failing_fails_the_run_after_its_retries_with_the_workers_error(retries):
+    state = server(config(step_retries=retries))
+    for attempt in range(retries):
+        work = state.next_work()
+        assert work["step"] == 0 and state.fail(work["lease"], "OverflowError: timestamp too large")
+        assert not state.done
+    work = state.next_work()
+    assert work["step"] == 0
+    assert not state.fail(work["lease"], "OverflowError: timestamp too large")
+    assert state.done and state.next_work() is None
+    assert state.failure == (f"step 0 failed {retries + 1} times (step_retries = {retries}); last error: "
+                             "OverflowError: timestamp too large")
+
+
+def test_a_lost_worker_gives_its_step_back_without_using_a_retry():
+    state = server(config(step_retries=0))
+    work = state.next_work()
+    assert state.requeue(work["lease"]) and not state.requeue(work["lease"])  # once per lease
+    assert state.next_work()["step"] == 0 and state.failure is None and state.failures == {}
+
+
+def test_an_epoch_is_checkpointed_before_it_is_reported_so_a_restart_never_reports_it_again(tmp_path):
+    cfg = config(checkpoint_every=100, epochs=3)  # 100 does not divide an epoch of 22 steps
+    state, worker = server(cfg, tmp_path), Worker(cfg)
+    reported = []
+    while state.applied < STEPS_PER_EPOCH + 5:  # into epoch 2, no checkpoint_every yet
+        reported += state.receive(*worker(state.next_work()))
+    assert [m.epoch for m in reported] == [1]
+
+    restarted = server(cfg, tmp_path)
+    assert restarted.restore() and restarted.applied == STEPS_PER_EPOCH  # resumed at the end of epoch 1
+    assert restarted.epochs_since(0) == reported and restarted.epochs_since(1) == []
+    reported += run_to_the_end(restarted, worker)
+    assert [m.epoch for m in reported] == [1, 2, 3]
+    assert [m.steps for m in reported] == [STEPS_PER_EPOCH * e for e in (1, 2, 3)]
+
+
+def test_free_mode_weight_prediction_looks_ahead_by_the_measured_staleness():
+    cfg = config(mode="free", optimizer="lwp", delay=0, lr=0.05)
+    state, worker = server(cfg), Worker(cfg)
+    results = [worker(state.next_work()) for _ in range(4)]
+    for r in results:  # applied on arrival: staleness 0, 1, 2, 3
+        state.receive(*r)
+    assert state.staleness == [0, 1, 2, 3]
+    horizon = 1.5  # their mean
+    work = state.next_work()
+    velocity = torch.cat([state.optimizer.state[p]["momentum_buffer"].reshape(-1) for p in state.params])
+    lr = state.optimizer.param_groups[0]["lr"]
+    expected = state.flat - lr * horizon * velocity  # w - lr * staleness * v
+    assert not torch.allclose(expected, state.flat)
+    np.testing.assert_allclose(work["weights"], expected.numpy(), rtol=0, atol=1e-6)
