@@ -11,7 +11,7 @@ ResNet-20's shapes beside SGD's three foreach ops.
 
     python benchmarks/optimizer_step.py [--threads N] [--compile] [--breakdown]
 
-Figures and their analysis: docs/speed.md ("Optimizer step").
+Figures and their analysis: docs/optimizer-step.md.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ Two paths, chosen by `foreach` as in `torch/optim/sgd.py`:
   views in one (rows, ROW) buffer, each tensor padded to whole rows, so every reduction and update is one
   kernel for all of them (row sums, then `segment_reduce` over each tensor's rows) instead of one per
   tensor. Larger tensors are stepped one at a time, each finished while still in cache (on CPU their sums
-  are read back: free there). docs/speed.md has the measurements behind the thresholds.
+  are read back: free there). docs/optimizer-step.md has the measurements behind the thresholds.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ Factor = Union[float, Tensor]
 
 
 def _default_foreach(tensors: list[Tensor]) -> bool:
-    # The multi-tensor path is the faster one on every device (docs/speed.md); TorchScript cannot run it.
+    # The multi-tensor path is the faster one on every device (docs/optimizer-step.md); TorchScript cannot run it.
     return bool(tensors) and not torch.jit.is_scripting()
 
 
