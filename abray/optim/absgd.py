@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch.optim import Optimizer
 
-from .functional import GRANULARITIES, absgd, cosines
+from .functional import GRANULARITIES, absgd
 from .staleness import check_delay
 
 # Chosen on the task suite's selection tasks (benchmarks/task_suite.py; docs/when-ab-works.md). Training runs take
@@ -106,15 +106,21 @@ class ABSGD(Optimizer):
         granularity: where the cosine is taken: ``"tensor"`` (per parameter tensor), ``"global"``
             (one cosine over all parameters of the group), ``"element"`` (``sign(g * v)`` per coordinate).
         eps: added to ``||g|| ||v||`` so that a zero gradient or velocity gives ``c = 0`` (> 0).
-        foreach: use the multi-tensor kernel; ``None`` picks it when every parameter is on CUDA.
+        foreach: use the multi-tensor kernel (``None``, the default, picks it: the faster path on every
+            device); ``False`` runs the single-tensor reference loop.
         rho_ramp: the staleness at which braking reaches ``rho`` (>= 0; 0: always ``rho``).
         clip_factor: clip a negative factor ``1 - rho_t c`` to 0, so a gradient aligned with the velocity
             (``c > 1 / rho_t``) is stopped rather than reversed (tensor and global granularity).
         delay: the staleness of every gradient, until ``prepare`` says otherwise; ``None``: unknown.
         track_braking: count, at every step, the tensors braked and those whose factor ``1 - rho_t * c`` was
-            below 0 before clipping (coordinates for ``"element"``) into :attr:`braking_stats`: ``"tensors"``
-            and ``"reversed"`` (``"elements"`` and ``"reversed_elements"``); :meth:`reset_braking_stats` reads
-            and clears them. Off by default; with the factor clipped it costs nothing more.
+            below 0 before clipping (coordinates for ``"element"``) into :attr:`braking_stats`; off by default
+            (no cost).
+
+    Attributes:
+        braking_stats: the running counts while ``track_braking`` is on: ``"tensors"`` and ``"reversed"``
+            (``"elements"`` and ``"reversed_elements"`` for element granularity), ints or 0-dim device
+            tensors (kept on an accelerator to avoid a sync at each step). :meth:`reset_braking_stats` reads
+            them as ints and starts again from zero.
     """
 
     def __init__(
@@ -147,9 +153,15 @@ class ABSGD(Optimizer):
         )
         check_hyperparameters(**{k: v for k, v in defaults.items() if k != "foreach"})
         self.staleness = None if delay is None else check_delay(delay)
-        self.track_braking = track_braking
-        self.braking_stats: dict[str, int] = {}
         super().__init__(params, defaults)
+        self.track_braking = track_braking
+        self.braking_stats: dict[str, Any] = {}
+
+    def reset_braking_stats(self) -> dict[str, int]:
+        """The counts since the last reset, as ints (one sync on an accelerator); the counting starts again."""
+        counts = {key: int(value) for key, value in self.braking_stats.items()}
+        self.braking_stats.clear()
+        return counts
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
@@ -177,66 +189,36 @@ class ABSGD(Optimizer):
                 loss = closure()
 
         for group in self.param_groups:
-            params, grads, bufs = [], [], []
+            params, grads, states, bufs = [], [], [], []
             for p in group["params"]:
-                if p.grad is None:
+                grad = p.grad
+                if grad is None:
                     continue
-                if p.grad.is_sparse:
+                if grad.is_sparse:
                     raise RuntimeError("ABSGD does not support sparse gradients")
+                state = self.state[p]
                 params.append(p)
-                grads.append(p.grad)
-                bufs.append(self.state[p].get("momentum_buffer"))
+                grads.append(grad)
+                states.append(state)
+                bufs.append(state.get("momentum_buffer"))
+            before = bufs.copy()
 
-            rho = braking_strength(group["rho"], self.staleness, group["rho_ramp"])
-            grads, weight_decay = self._brake_negative(group, rho, params, grads, bufs)
-            absgd(params, grads, bufs, lr=group["lr"], momentum=group["momentum"], weight_decay=weight_decay,
-                  nesterov=group["nesterov"], rho=rho, granularity=group["granularity"], eps=group["eps"],
-                  foreach=group["foreach"])
-            if group["momentum"] != 0:
-                for p, buf in zip(params, bufs):
-                    self.state[p]["momentum_buffer"] = buf
+            absgd(
+                params,
+                grads,
+                bufs,
+                lr=group["lr"],
+                momentum=group["momentum"],
+                weight_decay=group["weight_decay"],
+                nesterov=group["nesterov"],
+                rho=braking_strength(group["rho"], self.staleness, group["rho_ramp"]),
+                granularity=group["granularity"],
+                eps=group["eps"],
+                clip=group["clip_factor"],
+                foreach=group["foreach"],
+                stats=self.braking_stats if self.track_braking else None,
+            )
+            for state, old, new in zip(states, before, bufs):
+                if new is not old:  # a new buffer, or a view into the kernel's flat block
+                    state["momentum_buffer"] = new
         return loss
-
-    def reset_braking_stats(self) -> dict[str, int]:
-        """The counts since the last reset (see `track_braking`), as ints; the counting starts again."""
-        counts = {key: int(value) for key, value in self.braking_stats.items()}
-        self.braking_stats.clear()
-        return counts
-
-    def _count(self, key: str, value) -> None:
-        self.braking_stats[key] = self.braking_stats.get(key, 0) + value
-
-    def _brake_negative(self, group: dict, rho: float, params, grads, bufs) -> tuple[list, float]:
-        """Where the factor 1 - rho c would be negative: counted (with `track_braking`) and, with clip_factor,
-        clipped to 0. Returns the gradients and weight decay to hand the kernel.
-
-        A clipped tensor's decayed gradient is replaced by zeros, which the kernel leaves unscaled (c = 0): the
-        velocity coasts; the kernel then gets the decayed gradients and no weight decay. A stopped tensor's velocity
-        decays until |g| |v| falls to about `eps`, where c does too, so a gradient that stays aligned gets through
-        again. Element granularity is not clipped: sign(g v) never fades, so a stopped coordinate could stay stopped
-        for good.
-        """
-        wd = group["weight_decay"]
-        with_velocity = [b is not None for b in bufs]
-        if rho == 0 or group["momentum"] == 0 or not any(with_velocity):
-            return grads, wd  # nothing braked
-        element = group["granularity"] == "element"
-        if self.track_braking:
-            self._count("elements" if element else "tensors",
-                        sum(g.numel() for g, has in zip(grads, with_velocity) if has) if element else sum(with_velocity))
-        clip = group["clip_factor"] and not element
-        if rho <= 1.0 or not (clip or self.track_braking):
-            if self.track_braking:
-                self._count("reversed_elements" if element else "reversed", 0)
-            return grads, wd  # |c| <= 1, so only rho > 1 makes a factor negative
-        decayed = grads if wd == 0 else [g.add(p, alpha=wd) for g, p in zip(grads, params)]
-        if element:
-            self._count("reversed_elements", sum(int((g * v > 0).sum()) for g, v in zip(decayed, bufs) if v is not None))
-            return grads, wd
-        c = cosines(decayed, bufs, group["granularity"], group["eps"], foreach=bool(group["foreach"]))
-        negative = [bool(rho * ci > 1.0) for ci in c]
-        if self.track_braking:
-            self._count("reversed", sum(negative))
-        if not clip or not any(negative):
-            return grads, wd
-        return [torch.zeros_like(g) if stop else g for g, stop in zip(decayed, negative)], 0.0

@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from abray.optim import ABSGD, DEFAULT_RHO, brake, braking_strength, cosines
+from abray.optim.functional import FLAT_MAX_NUMEL_CPU
 
 
 def make_model(seed=0):
@@ -373,6 +374,21 @@ def test_element_granularity_is_not_clipped():
     assert same_weights(a, b)
 
 
+@pytest.mark.parametrize("numel", [2, FLAT_MAX_NUMEL_CPU + 1])  # in the flat block, and stepped on its own
+@pytest.mark.parametrize("granularity", ["tensor", "global"])
+@pytest.mark.parametrize("foreach", [False, True])
+def test_every_path_of_the_kernel_stops_an_aligned_gradient_when_clipping(numel, granularity, foreach):
+    # g = 2 v: c = 1 and 1 - 1.5 c = -0.5, clipped to 0: v <- 0.5 v, w <- w - 0.1 * 0.5 v
+    for clip, expected_v in ((True, 0.5), (False, 0.5 - 1.0)):
+        w = torch.zeros(numel, requires_grad=True)
+        opt = ABSGD([w], lr=0.1, momentum=0.5, rho=1.5, granularity=granularity, foreach=foreach, clip_factor=clip)
+        opt.state[w]["momentum_buffer"] = torch.ones(numel)
+        w.grad = torch.full((numel,), 2.0)
+        opt.step()
+        torch.testing.assert_close(opt.state[w]["momentum_buffer"], torch.full((numel,), expected_v))
+        torch.testing.assert_close(w.detach(), torch.full((numel,), -0.1 * expected_v))
+
+
 @pytest.mark.parametrize("granularity", ["tensor", "global"])
 def test_clipped_foreach_and_single_tensor_paths_agree(granularity):
     a, b = make_model(), make_model()
@@ -398,9 +414,9 @@ def test_braking_counts_tensors_and_negative_factors_before_clipping(clip_factor
         opt.step()
     assert opt.reset_braking_stats() == {"tensors": 6, "reversed": 4}
     assert opt.braking_stats == {}
-    opt.prepare(staleness=0)  # nothing stale: nothing braked, nothing counted
+    opt.prepare(staleness=0)  # nothing stale: nothing braked
     opt.step()
-    assert opt.reset_braking_stats() == {}
+    assert opt.reset_braking_stats() == {"tensors": 0, "reversed": 0}
 
 
 def test_element_braking_counts_coordinates_with_aligned_signs():
