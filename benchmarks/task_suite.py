@@ -45,7 +45,7 @@ BASE = dict(lr=0.03, batch_size=32, momentum=0.9, warmup_epochs=5, schedule="cos
 
 # --- candidate rules that are not ABSGD's own: benchmark-only optimizers ---------------------------------------
 # (`clip` is the rule ABSGD adopted as clip_factor=True after the selection parts ran with this variant; their
-# results stay those of this variant, which clips by a per-tensor rho instead of a zero gradient.)
+# results stay those of this variant, which clips by a per-tensor rho instead of clamping the factor in the kernel.)
 
 def _variant_optimizer(variant: str, config, params):
     """The optimizer of a candidate rule, or None for the registry's (`config.optimizer`)."""
