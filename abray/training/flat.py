@@ -23,12 +23,14 @@ class FlatLayout:
     def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
         return [chunk.view(shape) for chunk, shape in zip(flat.split(self.sizes), self.shapes)]
 
-    def flatten(self, tensors, like: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """One flat tensor from per-parameter tensors; None (an unused parameter) becomes zeros."""
+    def flatten(self, tensors, like: Optional[torch.Tensor] = None, out: Optional[torch.Tensor] = None
+                ) -> torch.Tensor:
+        """One flat tensor from per-parameter tensors (into `out`, when given, on their device); None (an
+        unused parameter) becomes zeros."""
         parts = [t.reshape(-1) if t is not None else torch.zeros(n, dtype=torch.float32, device=like.device
                                                                   if like is not None else "cpu")
                  for t, n in zip(tensors, self.sizes)]
-        return torch.cat(parts)
+        return torch.cat(parts) if out is None else torch.cat(parts, out=out)
 
 
 def tensor_from_store(array: np.ndarray) -> torch.Tensor:
@@ -63,9 +65,10 @@ def load_buffers(model: nn.Module, buffers: Optional[dict]) -> None:
 
 
 def flat_gradient(model: nn.Module, names: list[str], layout: FlatLayout, train, work: dict, weights: np.ndarray,
-                  device="cpu") -> tuple[float, np.ndarray]:
+                  device="cpu", out: Optional[np.ndarray] = None) -> tuple[float, np.ndarray]:
     """What a worker computes for the server's `work` (a step's batch indices and BatchNorm buffers) on the flat
-    `weights` of its version: the batch's loss and its gradient as a flat float32 numpy array, on the CPU."""
+    `weights` of its version: the batch's loss and its gradient as a flat float32 numpy array, on the CPU (in
+    `out`, when given: the worker's shared-memory slot)."""
     from .data import collate
     from .epochs import batch_gradient
 
@@ -73,4 +76,11 @@ def flat_gradient(model: nn.Module, names: list[str], layout: FlatLayout, train,
     w = layout.views(tensor_from_store(weights).to(device))
     load_buffers(model, work["buffers"])
     loss, grads = batch_gradient(model, names, w, x.to(device), y.to(device))
-    return loss, layout.flatten(grads, like=w[0]).cpu().numpy()
+    if out is None:
+        return loss, layout.flatten(grads, like=w[0]).cpu().numpy()
+    target = torch.from_numpy(out)
+    if w[0].device.type == "cpu":
+        layout.flatten(grads, like=w[0], out=target)
+    else:  # gathered on the device, then one copy to the host
+        target.copy_(layout.flatten(grads, like=w[0]))
+    return loss, out

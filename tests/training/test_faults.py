@@ -82,6 +82,29 @@ def test_a_step_that_fails_every_time_fails_the_run_with_the_workers_error(tmp_p
     assert not list(tmp_path.iterdir())
 
 
+def test_a_worker_waiting_for_work_when_the_server_dies_gets_it_from_the_restarted_server(tmp_path, data):
+    # W = 2, D = 0: each step needs the weights of the one before, so one worker always waits inside the server
+    config = parse_config({"mode": "distributed", "optimizer": "ab", "workers": 2, "delay": 0, "epochs": 1,
+                           "batch_size": 64, "checkpoint_every": 5, "storage_path": str(tmp_path)})  # 22 steps
+    segments: set[str] = set()
+
+    def kill_the_server_once(update):
+        segments.update(p.name for p in Path("/dev/shm").glob(f"abray-{update['run_id']}-*"))
+        if update["applied"] >= 8 and not segments & {"killed"}:
+            segments.add("killed")
+            ray.kill(ray.get_actor(f"abray-ps-{update['run_id']}"), no_restart=False)
+
+    result = train_distributed(config, data, on_update=kill_the_server_once)
+    assert result.server_restarts == 1
+    assert result.applied_steps == list(range(22))  # every step once, in order
+    assert np.abs(result.weights - simulate(config, data)[1]).max() <= 1e-6
+    run_id = Path(result.checkpoint).name
+    # weights and gradients went through shared memory (the server's versions, the workers' gradients), all of it
+    # gone at the end, the killed instance's too
+    assert any("-v-" in s for s in segments) and any("-w" in s for s in segments)
+    assert not list(Path("/dev/shm").glob(f"abray-{run_id}-*"))
+
+
 MULTINODE = Path(__file__).with_name("multinode_run.py")
 
 
