@@ -13,18 +13,25 @@ A slot is reused only once its version is no longer needed: no lease the server 
 (the state's `drop`). A worker still reading it then holds no lease any more, so what it computes is dropped.
 
 Segments are created with every page reserved (`posix_fallocate`: a full /dev/shm fails here, with an error,
-not later with SIGBUS), and within a share of /dev/shm's free space, so that Ray's own object store, which lives
-there too, keeps its room. They are named after the run, so that what a dead actor leaves is found: the owner
-unlinks its segment when it closes; an actor that restarts removes those of the instance before it
-(`remove_segments`; Ray kills a dead worker's child processes, Python's resource tracker among them, so that
-cannot clean up), and the driver removes whatever is left on its machine at the end of the run. Readers never
-unlink. A mapping is never closed by hand: the arrays over it hold it, so a view cannot outlive its memory.
+not later with SIGBUS), and all of abray's segments on a machine together within a share of /dev/shm (of its
+free space plus what they hold already), so that Ray's own object store, which lives there too, keeps its room.
+They are named after the run, so that what a dead actor leaves is found: the owner unlinks its segment when it
+closes; an actor that restarts removes those of the instance before it (`remove_segments`; Ray kills a dead
+worker's child processes, Python's resource tracker among them, so that cannot clean up), and the driver
+removes whatever is left on its machine at the end of the run. Should the driver die too (killed, its machine
+lost), its actors go with it and nobody is left to clean up: so each owner holds a lock on its segment's file
+for as long as it lives (`flock`, released by the kernel when the process dies, whatever kills it), and
+whoever makes a segment first removes every abray segment on the machine whose owner is gone
+(`remove_orphans`). Readers never unlink. A mapping is never closed by hand: the arrays over it hold it, so a
+view cannot outlive its memory.
 """
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -32,17 +39,62 @@ from typing import Optional
 import numpy as np
 
 SHM_DIR = "/dev/shm"
-SHM_SHARE = 0.25  # of /dev/shm's free space, at most, for one segment
+SHM_PREFIX = "abray-"  # every segment's name starts so
+SHM_SHARE = 0.25  # of /dev/shm (its free space and abray's segments in it), at most, for abray's segments
 ALIGN = 16  # floats: each slot starts on a 64-byte boundary
+ORPHAN_GRACE = 60.0  # seconds: an empty segment this young may be one being made (its owner locks it first)
 
 
-def shm_room() -> int:
-    """Bytes of shared memory one segment may take (0 where there is no /dev/shm)."""
+def free_bytes() -> int:
+    """Free bytes in /dev/shm (0 where there is none)."""
     try:
         st = os.statvfs(SHM_DIR)
     except OSError:
         return 0
-    return int(st.f_bavail * st.f_frsize * SHM_SHARE)
+    return st.f_bavail * st.f_frsize
+
+
+def segments_bytes() -> int:
+    """Bytes that abray's segments on this machine hold (every run's)."""
+    total = 0
+    for path in Path(SHM_DIR).glob(f"{SHM_PREFIX}*") if os.path.isdir(SHM_DIR) else []:
+        try:
+            total += path.stat().st_size
+        except FileNotFoundError:  # unlinked meanwhile
+            pass
+    return total
+
+
+def shm_room() -> int:
+    """Bytes of shared memory one more segment may take: what keeps abray's segments together within their
+    share of /dev/shm (0 where there is no /dev/shm)."""
+    free = free_bytes()
+    if free <= 0:
+        return 0
+    held = segments_bytes()
+    return max(0, int((free + held) * SHM_SHARE) - held)
+
+
+def remove_orphans() -> int:
+    """Unlink every abray segment on this machine whose owner is gone (no process holds its lock); how many."""
+    removed = 0
+    for path in Path(SHM_DIR).glob(f"{SHM_PREFIX}*") if os.path.isdir(SHM_DIR) else []:
+        try:
+            st = path.stat()
+            if st.st_size == 0 and time.time() - st.st_mtime < ORPHAN_GRACE:
+                continue  # being made: its owner takes the lock before it gives the file a size
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:  # unlinked meanwhile
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # its owner lives
+            continue
+        finally:
+            os.close(fd)  # (the lock, if taken, goes with it)
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def remove_segments(prefix: str) -> int:
@@ -64,12 +116,19 @@ class Segment:
         try:
             if self.owned:
                 try:
+                    fcntl.flock(fd, fcntl.LOCK_SH)  # held while this process lives (`remove_orphans`)
                     os.posix_fallocate(fd, 0, size)  # every page now, or an error now (not SIGBUS later)
                 except OSError:
                     os.unlink(self.path)
                     raise
             self.array = np.frombuffer(mmap.mmap(fd, os.fstat(fd).st_size), dtype=np.float32)
-        finally:
+        except BaseException:
+            os.close(fd)
+            raise
+        if self.owned:
+            self.lock_fd: Optional[int] = fd  # kept open: the lock lives with it
+        else:
+            self.lock_fd = None
             os.close(fd)
 
     def unlink(self) -> None:
@@ -78,6 +137,9 @@ class Segment:
             return
         self.owned = False
         Path(self.path).unlink(missing_ok=True)
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +169,7 @@ class Slots:
         """Up to `wanted` slots, as many as fit in the room allowed; None if not one does (or no segment can be
         made here): the caller then uses the object store."""
         stride_bytes = -(-numel // ALIGN) * ALIGN * 4
+        remove_orphans()  # what dead runs left: their room is ours again
         count = min(wanted, shm_room() // max(1, stride_bytes))
         if count < 1:
             return None

@@ -2,6 +2,10 @@
 reused only when free, the object store when there is no room, and what a dead owner left found by its name."""
 
 import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
 
 import numpy as np
@@ -12,7 +16,7 @@ from abray.training import transport
 from abray.training.flat import FlatLayout, flat_gradient
 from abray.training.data import digits
 from abray.training.models import build_model
-from abray.training.transport import Attached, Slot, Slots, VersionStore, remove_segments
+from abray.training.transport import Attached, Slot, Slots, VersionStore, remove_orphans, remove_segments
 
 
 def name() -> str:
@@ -101,3 +105,57 @@ def test_what_a_dead_owner_left_is_removed_by_its_prefix_and_nothing_else():
     finally:
         other.close()
     assert not exists(other.name)
+
+
+def test_segments_of_a_machine_together_stay_within_their_share_of_shared_memory(monkeypatch, tmp_path):
+    capacity = 4 * 2**20  # a /dev/shm of 4 MiB, in a folder of its own: its free space is what segments leave
+    monkeypatch.setattr(transport, "SHM_DIR", str(tmp_path))
+    monkeypatch.setattr(transport, "free_bytes", lambda: capacity - sum(p.stat().st_size for p in tmp_path.iterdir()))
+    made = []
+    try:
+        while (slots := Slots.create(name(), 1024, 100)) is not None:  # 4 KiB slots, 100 wanted each time
+            made.append(slots)
+            assert len(made) < 10
+        sizes = [p.stat().st_size for p in tmp_path.iterdir()]
+        # each takes what is left of the quarter: 100, 100, then the 56 slots left of the 256 that fit
+        assert sizes and sum(sizes) <= capacity // 4 and [s.count for s in made] == [100, 100, 56]
+    finally:
+        for slots in made:
+            slots.close()
+
+
+def test_an_unlocked_segment_is_an_orphan_removed_by_the_next_maker_and_a_living_owners_stays(monkeypatch, tmp_path):
+    monkeypatch.setattr(transport, "SHM_DIR", str(tmp_path))
+    orphan, young = tmp_path / name(), tmp_path / name()
+    orphan.write_bytes(b"\0" * 64)  # what an owner that died leaves: a file nobody holds a lock on
+    young.touch()  # empty and new: an owner between making it and locking it
+    alive = Slots(name(), 1000, 1)
+    try:
+        made = Slots.create(name(), 1000, 1)  # making a segment clears orphans first
+        made.close()
+        assert not orphan.exists() and young.exists() and exists(alive.name)
+        os.utime(young, (time.time() - 3600,) * 2)  # an empty one that old was left by a maker that died
+        assert remove_orphans() == 1 and not young.exists() and exists(alive.name)
+    finally:
+        alive.close()
+
+
+@pytest.mark.slow
+def test_the_segment_of_an_owner_killed_with_sigkill_is_removed_by_the_next_maker():
+    segment = name()
+    owner = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from abray.training.transport import Slots\n"
+        f"slots = Slots({segment!r}, 1000, 2)\n"
+        "print('made', flush=True)\n"
+        "time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout.readline().strip() == "made"
+        remove_orphans()
+        assert exists(segment)  # its owner lives
+        owner.send_signal(signal.SIGKILL)  # no handler runs: only the kernel lets go of the lock
+        owner.wait(timeout=30)
+        assert remove_orphans() >= 1 and not exists(segment)
+    finally:
+        owner.kill()
+        remove_segments(segment)
