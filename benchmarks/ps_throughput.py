@@ -124,13 +124,15 @@ def breakdown(update: dict) -> dict:
             "put": update["put_seconds"] + update["server_handout_put"], "wait": update["server_wait"]}
 
 
-def abray_rate(model_name, data, workers, updates, mode, batch_size=32) -> dict:
+def abray_rate(model_name, data, workers, updates, mode, batch_size=32, **extra) -> dict:
+    """`extra`: more config fields (benchmarks/shard_throughput.py: server_shards)."""
     steps_per_epoch = len(data.train) // batch_size
     values = dict(optimizer="sgdm", mode=mode, workers=workers, delay=max(0, workers - 1), batch_size=batch_size,
                   epochs=max(1, -(-updates // steps_per_epoch)), lr=0.01, warmup_epochs=0, model=model_name,
                   checkpoint_every=10**6, cpus_per_worker=CPUS_PER_WORKER)
     if model_name == "resnet20":
         values.update(dataset="cifar10", data_root="(synthetic)")
+    values.update(extra)
     seen: list[tuple[float, dict]] = []
     train_distributed(parse_config(values), data, on_update=lambda u: seen.append((time.perf_counter(), u)))
     # the driver hears of updates in batches: rate by the server's count, between the first poll after SKIP

@@ -43,8 +43,11 @@ def error_line(err: BaseException) -> str:
 class Driver:
     """One run's watcher: `run()` returns when the server is done, or raises TrainingFailed."""
 
-    def __init__(self, server, workers, run_id, train_ref, test_ref, on_step, on_epoch, on_update, on_ready=None):
+    def __init__(self, server, workers, run_id, train_ref, test_ref, on_step, on_epoch, on_update, on_ready=None,
+                 followers: Optional[list] = None, parts: Optional[list[tuple]] = None):
+        """`followers`, `parts`: with sharded servers, the following shards and every shard's part."""
         self.server, self.workers, self.run_id = server, workers, run_id
+        self.followers, self.parts = followers or [], parts
         self.train_ref, self.test_ref = train_ref, test_ref
         self.on_ready = on_ready
         self.on_step, self.on_epoch, self.on_update = on_step, on_epoch, on_update
@@ -91,7 +94,8 @@ class Driver:
 
     def _start_loop(self, w: int) -> None:
         self.generation[w] += 1
-        ref = self.workers[w].loop.remote(self.server, self.generation[w], [self.train_ref], [self.test_ref])
+        ref = self.workers[w].loop.remote(self.server, self.generation[w], [self.train_ref], [self.test_ref],
+                                          self.followers or None, self.parts)
         self.loops[ref] = (w, self.generation[w])
 
     def _poll(self) -> None:
@@ -165,6 +169,9 @@ class Driver:
         self.loop_errors[w] = 0
         if out["ended"] == "server failed":
             raise TrainingFailed(f"the parameter server failed: {out['error']}")
+        if out["ended"] == "shard":
+            raise TrainingFailed(f"a parameter-server shard failed, and sharded servers do not restart: "
+                                 f"{out['error']}")
         if out["ended"] == "server":  # lost the server: give back what it held, once the server answers again
             self._release(holder, None)
             self._start_loop(w)
@@ -173,6 +180,9 @@ class Driver:
     def _release(self, holder: tuple, error: Optional[str]) -> None:
         failure = self.server_call(lambda: self.server.release.remote(holder, error))
         self.retired[holder[0]] = holder[1]
+        if self.followers:  # they keep the versions a loop reads until it sends its gradient, or is released
+            ray.wait([f.release.remote(holder) for f in self.followers], num_returns=len(self.followers),
+                     timeout=30)
         if failure:
             raise TrainingFailed(failure)
 

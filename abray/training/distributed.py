@@ -19,7 +19,7 @@ import os
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import Callable, Optional
 
 import numpy as np
@@ -36,7 +36,9 @@ from .exchange import Exchange
 from .flat import FlatLayout, flat_gradient, model_buffers
 from .models import build_model
 from .parameter_server import ParameterServerState, TrainingFailed  # noqa: F401 (TrainingFailed: for callers)
-from .transport import Attached, Slot, Slots, VersionStore, remove_segments
+from .shard_actor import Followers, ParameterShard
+from .shards import Part, partition, shard_sizes
+from .transport import Attached, Slot, Slots, VersionStore, remove_segments, segment_prefix
 
 DEFAULT_CHECKPOINT_ROOT = "runs/checkpoints"
 
@@ -52,18 +54,25 @@ class ParameterServer:
     metrics go to Ray. Run with `max_concurrency` > 1 (a thread per call): a worker's exchange may wait for
     work while the others, and the driver's polls, go on."""
 
-    def __init__(self, config_values: dict, train_size: int, num_classes: int, storage: str, run_id: str):
+    def __init__(self, config_values: dict, train_size: int, num_classes: int, storage: Optional[str], run_id: str,
+                 part: Optional[tuple] = None):
+        """`part`: with sharded servers, the leader's (`abray.training.shards.Part` as a tuple); the followers
+        come with `set_followers`."""
         from ray.util import metrics
 
         torch.set_num_threads(1)
         config = TrainConfig(**config_values)
         self.node = ray.get_runtime_context().get_node_id()
         wanted = config.delay + 2 if config.mode == "distributed" else config.workers + 2  # versions kept at once
-        remove_segments(version_segments(run_id))  # of an instance before this one, dead on this machine
-        self.store = VersionStore(f"{version_segments(run_id)}{uuid.uuid4().hex[:8]}", wanted, put=ray.put,
-                                  get=ray.get)
+        self.followers: list = []
+        self.epoch_reads = Attached()
+        prefix = segment_prefix(run_id, "v")
+        remove_segments(prefix)  # of an instance before this one, dead on this machine
+        self.store = VersionStore(f"{prefix}{uuid.uuid4().hex[:8]}", wanted, put=ray.put, get=ray.get)
         self.state = ParameterServerState(config, None, train_size, num_classes, storage, run_id,
-                                          put=self.store.put, get=self.store.get, drop=self.store.drop)
+                                          put=self.store.put, get=self.store.get, drop=self.store.drop,
+                                          part=Part(*part) if part else None,
+                                          fill_others=self._fill_others if part else None)
         self.gradients = Attached()  # the workers' gradient slots
         self.gradient_segments: dict[int, str] = {}  # worker -> the segment of its gradients
         self.restored = self.state.restore()  # a checkpoint of another run raises here, and the actor stays dead
@@ -79,6 +88,16 @@ class ParameterServer:
         self.apply_times: list[float] = []
         self.desk = Exchange(self.state, observe=self._observe)
         self.test_lock = threading.Lock()
+
+    def set_followers(self, followers: list, parts: list[tuple]) -> None:
+        """The following shards (parts 1...), whose weights an epoch's evaluation needs."""
+        self.followers, self.follower_parts = followers, [Part(*p) for p in parts]
+
+    def _fill_others(self, flat: torch.Tensor, epoch: int) -> None:
+        handles = ray.get([f.epoch_weights.remote(self.node, epoch) for f in self.followers])
+        for part, handle in zip(self.follower_parts, handles):
+            part_weights = self.epoch_reads.view(handle) if isinstance(handle, Slot) else ray.get(handle)
+            flat[part.start:part.stop] = torch.from_numpy(np.array(part_weights))
 
     def _observe(self, record: dict) -> None:
         now = time.perf_counter()
@@ -149,16 +168,6 @@ class ParameterServer:
                     "staleness": s.staleness, "diverged_step": s.diverged_step}
 
 
-def version_segments(run_id: str) -> str:
-    """The start of the names of the server's shared memory (its versions)."""
-    return f"abray-{run_id}-v-"
-
-
-def gradient_segments(run_id: str, worker: int) -> str:
-    """The start of the names of a worker's shared memory (its gradient)."""
-    return f"abray-{run_id}-w{worker}-"
-
-
 def server_concurrency(workers: int) -> int:
     """Threads of the server actor: an exchange per worker loop (and one of a loop being replaced), the driver's
     poll, and its other calls."""
@@ -182,9 +191,12 @@ class Worker:
         self.train = None  # read on first use from the reference that comes with the work
         self.index, self.slowdown = index, slowdown
         self.node = ray.get_runtime_context().get_node_id()
-        self.versions = Attached()  # the server's version slots, when it is on this node
-        remove_segments(gradient_segments(run_id, index))  # of this worker before it restarted
-        self.gradient_name = f"{gradient_segments(run_id, index)}{uuid.uuid4().hex[:8]}"
+        self.versions = Attached()  # the server's version slots (and the following shards'), on this node
+        self.follower_segments: set[str] = set()
+        self.fixed = config.mode == "distributed"
+        prefix = segment_prefix(run_id, f"w{index}")
+        remove_segments(prefix)  # of this worker before it restarted
+        self.gradient_name = f"{prefix}{uuid.uuid4().hex[:8]}"
         self.gradient_slot: Optional[Slots] = None  # this worker's, made when a server on this node first asks
         self.started, self.busy = time.perf_counter(), 0.0
         self.tags = {"run": run_id, "worker": str(index)}
@@ -194,14 +206,20 @@ class Worker:
     def ready(self) -> int:
         return self.index
 
-    def loop(self, server, generation: int, train_set: list, test_set: list) -> dict:
+    def loop(self, server, generation: int, train_set: list, test_set: list, followers: Optional[list] = None,
+             parts: Optional[list[tuple]] = None) -> dict:
         """Exchange gradients for work with `server` until it says stop. The step's own errors, and weights lost
         with an earlier server, are settled with the server too; the loop ends, saying why, only when the
         server stops it ("done"), cannot be reached ("server": the driver waits for its restart and starts a
-        new loop) or raised ("server failed"). `train_set`, `test_set`: [reference], read on first use."""
+        new loop) or raised ("server failed"), or a following shard failed ("shard"). `train_set`,
+        `test_set`: [reference], read on first use. With sharded servers, `followers` are the following shards
+        and `parts` every shard's part (the leader's first): each follower gets its slice of a gradient before
+        the leader settles the step."""
         holder = (self.index, generation)
         lease = outcome = grad = None
         send_test_set = True
+        parts = [Part(*p) for p in parts] if parts else None
+        shards = Followers(followers, parts[1:], self.node, self._read) if followers else None
         while True:
             start = time.perf_counter()
             try:
@@ -225,26 +243,49 @@ class Worker:
             except (RayError, FileNotFoundError) as err:  # lost with the server instance that made them
                 outcome = {"kind": "requeue", "error": error_line(err)}
                 continue
-            fetch = time.perf_counter() - start
-            out = self._gradient_out(weights.size) if local else None
             try:
-                meta, grad = self._gradient(work, weights, out)
+                if shards:  # the other parts: of the same version in fixed mode, each shard's newest in free mode
+                    weights = [weights, *shards.fetch(holder, work["version"] if self.fixed else None)]
+                    local = local or any(shards.local)
+            except RayError as err:
+                return {"ended": "shard", "error": error_line(err)}
+            fetch = time.perf_counter() - start
+            out = self._gradient_out(self.layout.numel) if local else None
+            try:
+                meta, grad = self._gradient(work, weights, out, parts)
             except Exception as err:  # the step's own error: a try of the step, counted by the server
                 outcome, grad = {"kind": "failed", "error": f"{type(err).__name__}: {err} (on worker {self.index})"}, None
                 continue
+            slot = self.gradient_slot.slot(0) if out is not None else None
+            if shards:  # every follower has the step before the leader counts it done
+                try:
+                    shards.push(holder, work["step"], grad, slot)
+                except RayError as err:
+                    return {"ended": "shard", "error": error_line(err)}
+            own = parts[0] if parts else None
             outcome = {"kind": "gradient", "step": work["step"], "loss": meta["loss"], "buffers": meta["buffers"],
                        "compute_time": meta["compute_time"], "fetch_time": fetch, "round_trip": round_trip,
-                       "grad_slot": self.gradient_slot.slot(0) if out is not None else None,
+                       "grad_slot": (slot.part(own.start, own.stop) if own else slot)
+                       if slot is not None and isinstance(work["weights"], Slot) else None,
                        **{f"server_{k}": v for k, v in work["timing"].items()}}
-            if out is not None:
+            if outcome["grad_slot"] is not None:
                 grad = None  # the server reads it in place
+            elif own:
+                grad = grad[own.start:own.stop]  # the leader's part, through the object store
 
     def _weights(self, handle) -> tuple[np.ndarray, bool]:
         """A version's weights, and whether they came through shared memory (the server is on this node)."""
         if isinstance(handle, Slot):
-            self.versions.forget_except({handle.segment})  # a restarted server has a segment of its own
+            self.versions.forget_except({handle.segment} | self.follower_segments)  # a restarted server's is new
             return self.versions.view(handle), True
         return ray.get(handle), False  # the object store (zero-copy on this node)
+
+    def _read(self, handle) -> np.ndarray:
+        """A following shard's part: through shared memory on this node, else the object store."""
+        if isinstance(handle, Slot):
+            self.follower_segments.add(handle.segment)
+            return self.versions.view(handle)
+        return ray.get(handle)
 
     def _gradient_out(self, numel: int) -> Optional[np.ndarray]:
         """This worker's gradient slot, made on first use; None if there is no room (the object store then)."""
@@ -268,9 +309,11 @@ class Worker:
         return {**meta, "lease": work["lease"], "step": work["step"], "version": work["version"],
                 "worker": self.index}, flat
 
-    def _gradient(self, work: dict, weights: np.ndarray, out: Optional[np.ndarray] = None) -> tuple[dict, np.ndarray]:
+    def _gradient(self, work: dict, weights, out: Optional[np.ndarray] = None,
+                  parts: Optional[list[Part]] = None) -> tuple[dict, np.ndarray]:
         start = time.perf_counter()
-        loss, flat = flat_gradient(self.model, self.names, self.layout, self.train, work, weights, self.device, out)
+        loss, flat = flat_gradient(self.model, self.names, self.layout, self.train, work, weights, self.device, out,
+                                   bounds=[(p.first, p.last) for p in parts] if parts else None)
         elapsed = time.perf_counter() - start
         if self.slowdown > 1:
             time.sleep((self.slowdown - 1) * elapsed)  # a straggler, on purpose
@@ -289,6 +332,17 @@ class DistributedResult:
     server_restarts: int = 0
     worker_failures: int = 0
     checkpoint: str = ""  # the run's checkpoint folder (removed at the end unless keep_checkpoints)
+
+
+def shard_parts(config: TrainConfig, num_classes: int) -> Optional[list[Part]]:
+    """The parts of the weights of sharded servers (None for one server); a model with fewer tensors than
+    `server_shards` is refused before anything starts."""
+    if config.server_shards == 1:
+        return None
+    try:
+        return partition(shard_sizes(config, num_classes), config.server_shards)
+    except ValueError as err:
+        raise ConfigError(f"invalid config:\n  server_shards: {err}") from None
 
 
 def check_resources(config: TrainConfig) -> None:
@@ -338,27 +392,43 @@ def train_distributed(
     folder = RunFolder(root, run_id)
     if folder.has_checkpoint():  # not ours: never resumed, and never removed at the end either
         raise CheckpointError(f"{folder.checkpoint_uri} exists already; this run will not touch it")
+    parts = shard_parts(config, data.num_classes)
     values = config.model_dump()
     train_ref, test_ref = ray.put(data.train), ray.put(data.test)
-    server = ParameterServer.options(**{"name": f"abray-ps-{run_id}", "num_cpus": 0, "max_restarts": -1,
-                                        "max_task_retries": 0, "max_concurrency": server_concurrency(config.workers),
-                                        **(server_options or {})}
-                                     ).remote(values, len(data.train), data.num_classes, root, run_id)
+    threads = server_concurrency(config.workers)
+    server = ParameterServer.options(**{"name": f"abray-ps-{run_id}", "num_cpus": 0,
+                                        "max_restarts": 0 if parts else -1, "max_task_retries": 0,
+                                        "max_concurrency": threads, **(server_options or {})}
+                                     ).remote(values, len(data.train), data.num_classes, None if parts else root,
+                                              run_id, astuple(parts[0]) if parts else None)
+    kept = 2 * config.delay + 5 if config.mode == "distributed" else config.workers + 3  # a follower's versions
+    followers = [ParameterShard.options(name=f"abray-ps-{run_id}-{k}", num_cpus=0, max_restarts=0, max_task_retries=0,
+                                        max_concurrency=threads)
+                 .remote(values, len(data.train), data.num_classes, astuple(part), run_id, k, kept)
+                 for k, part in enumerate((parts or [])[1:], start=1)]
+    introduced = [server.set_followers.remote(followers, [astuple(p) for p in parts[1:]])] if followers else []
     slowdown = config.slowdown or [1.0] * config.workers
     workers = [Worker.options(name=f"abray-worker-{run_id}-{i}", num_cpus=config.cpus_per_worker,
                               num_gpus=config.gpus_per_worker, max_restarts=-1, max_task_retries=0)
                .remote(values, data.num_classes, i, slowdown[i], run_id)
                for i in range(config.workers)]
-    driver = Driver(server, workers, run_id, train_ref, test_ref, on_step, on_epoch, on_update, on_ready)
+    driver = Driver(server, workers, run_id, train_ref, test_ref, on_step, on_epoch, on_update, on_ready,
+                    followers=followers, parts=[astuple(p) for p in parts] if parts else None)
     try:
+        try:  # the leader knows its followers before any work
+            ray.get(introduced)
+        except RayError as err:
+            raise TrainingFailed(f"the parameter server could not start: {error_line(err)}") from None
         driver.run()
         result = driver.server_call(lambda: server.result.remote())
+        if parts:  # the leader's part, then the followers'
+            own = result["weights"][parts[0].start:parts[0].stop]
+            result["weights"] = np.concatenate([own, *ray.get([f.result.remote() for f in followers])])
     finally:
-        # a server still writing would leave files behind in the folder about to be removed; the shared memory
-        # of an actor that is dead already went with it (its resource tracker unlinks it)
-        ray.wait([server.stop.remote(), *[w.close.remote() for w in workers]], num_returns=1 + len(workers),
-                 timeout=10)
-        for actor in [server, *workers]:
+        # a server still writing would leave files behind in the folder about to be removed; shared memory goes
+        ray.wait([a.stop.remote() for a in [server, *followers]] + [w.close.remote() for w in workers],
+                 num_returns=1 + len(followers) + len(workers), timeout=10)
+        for actor in [server, *followers, *workers]:
             ray.kill(actor, no_restart=True)
         remove_segments(f"abray-{run_id}-")  # what actors that died left on this machine
         if not config.keep_checkpoints:

@@ -37,7 +37,7 @@ import itertools
 import math
 import time
 import uuid
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -53,6 +53,7 @@ from .delayed import apply_gradients
 from .epochs import EpochLog, EpochMetrics
 from .flat import FlatLayout, bind_parameters, load_buffers, model_buffers, tensor_from_store
 from .models import build_model
+from .shards import Part
 
 # Free mode: linear weight prediction looks ahead by the mean staleness of this many latest updates.
 PREDICTION_WINDOW = 50
@@ -67,11 +68,15 @@ class ParameterServerState:
     """The parameter server's logic, free of Ray calls so that it reads (and tests) as plain Python.
 
     `test_set` may be given later (set the attribute): it is needed only when an epoch ends.
-    `storage`: the storage root (a local path or a URI) under which this run checkpoints, in its own folder."""
+    `storage`: the storage root (a local path or a URI) under which this run checkpoints, in its own folder.
+    `part`: with sharded servers, the tensors this one (the leader) steps; gradients and versions are of those
+    only, and `fill_others(flat, epoch)` writes the other parts' weights at an epoch's end into `flat` before the
+    model is evaluated (abray.training.shards)."""
 
     def __init__(self, config: TrainConfig, test_set, train_size: int, num_classes: int, storage: Optional[str],
                  run_id: str,
-                 put=np.copy, get=lambda handle: handle, drop=lambda handle: None):
+                 put=np.copy, get=lambda handle: handle, drop=lambda handle: None, part: Optional[Part] = None,
+                 fill_others: Optional[Callable[[torch.Tensor, int], None]] = None):
         # put/get/drop store a version (a snapshot: the array given is a view of the live weights), read it back
         # and let it go: a copy in memory here; shared memory or the object store in the actor (VersionStore)
         self._put, self._get, self._drop = put, get, drop
@@ -94,7 +99,12 @@ class ParameterServerState:
         self.layout = FlatLayout([p.shape for _, p in self.model.named_parameters()])
         self.flat = self.layout.flatten([p.detach() for p in self.model.parameters()]).clone()
         self.params = bind_parameters(self.model, self.layout.views(self.flat))
-        self.optimizer = build_optimizer(config, self.params)
+        self.part = part or Part(0, len(self.params), 0, self.layout.numel)
+        self.fill_others = fill_others
+        self.own_params = self.params[self.part.first:self.part.last]
+        self.own_layout = FlatLayout(self.layout.shapes[self.part.first:self.part.last])
+        self.own_flat = self.flat[self.part.start:self.part.stop]
+        self.optimizer = build_optimizer(config, self.own_params)
         self.scheduler = make_scheduler(config, self.optimizer, self.steps_per_epoch)
         self.predict = METHODS[config.optimizer].predicts
 
@@ -130,10 +140,10 @@ class ParameterServerState:
         """The newest weights (or their prediction), stored: `put` snapshots them."""
         start = time.perf_counter()
         if self.predict:
-            weights = self.layout.flatten(predicted_weights(self.optimizer, self.params,
-                                                            self.prediction_horizon())).numpy()
+            weights = self.own_layout.flatten(predicted_weights(self.optimizer, self.own_params,
+                                                                self.prediction_horizon())).numpy()
         else:
-            weights = self.flat.numpy()  # a view: put copies it once (into the object store, in the actor)
+            weights = self.own_flat.numpy()  # a view: put copies it once (into the object store, in the actor)
         handle = self._put(weights)
         self.put_seconds += time.perf_counter() - start
         return handle
@@ -262,12 +272,12 @@ class ParameterServerState:
 
     def _apply(self, step, version, grad, loss, buffers) -> list[EpochMetrics]:
         # the weights the gradient was computed on, zero-copy; read only for a delay-aware optimizer (`prepare`)
-        source = self.layout.views(tensor_from_store(self._get(self.versions[version]))) \
+        source = self.own_layout.views(tensor_from_store(self._get(self.versions[version]))) \
             if hasattr(self.optimizer, "prepare") else ()
-        apply_gradients(self.optimizer, self.params, self.layout.views(tensor_from_store(grad)),
+        apply_gradients(self.optimizer, self.own_params, self.own_layout.views(tensor_from_store(grad)),
                         self.applied - version, source)
         self.scheduler.step()
-        for p in self.params:
+        for p in self.own_params:
             p.grad = None
         if buffers:
             self.buffers = buffers
@@ -283,6 +293,9 @@ class ParameterServerState:
         return []
 
     def _close_epoch(self) -> list[EpochMetrics]:
+        if self.fill_others is not None:
+            with torch.no_grad():
+                self.fill_others(self.flat, len(self.history) + 1)
         load_buffers(self.model, self.buffers)
         metrics = self.epoch_log.close(self.model, self.test_set, epoch=len(self.history) + 1, steps=self.applied,
                                        lr=self.optimizer.param_groups[0]["lr"], diverged_step=self.diverged_step)

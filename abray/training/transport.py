@@ -97,6 +97,12 @@ def remove_orphans() -> int:
     return removed
 
 
+def segment_prefix(run_id: str, owner: str) -> str:
+    """The start of the names of the segments of run `run_id` that `owner` makes ("v": the server's versions;
+    "s<k>": shard k's; "w<i>": worker i's gradients); each adds a random suffix per (re)start."""
+    return f"abray-{run_id}-{owner}-"
+
+
 def remove_segments(prefix: str) -> int:
     """Unlink every segment whose name starts with `prefix` (on this machine); how many there were."""
     found = list(Path(SHM_DIR).glob(f"{prefix}*")) if os.path.isdir(SHM_DIR) else []
@@ -144,15 +150,22 @@ class Segment:
 
 @dataclass(frozen=True)
 class Slot:
-    """Where one array lives: slot `index` of segment `segment`, `numel` float32 each, `stride` apart."""
+    """Where one array lives: slot `index` of segment `segment` (slots `stride` float32 apart), `numel` float32
+    from `offset` on in it."""
 
     segment: str
     index: int
     numel: int
     stride: int
+    offset: int = 0
 
     def view(self, array: np.ndarray) -> np.ndarray:
-        return array[self.index * self.stride:self.index * self.stride + self.numel]
+        start = self.index * self.stride + self.offset
+        return array[start:start + self.numel]
+
+    def part(self, start: int, stop: int) -> "Slot":
+        """Elements [start, stop) of this slot's array."""
+        return Slot(self.segment, self.index, stop - start, self.stride, self.offset + start)
 
 
 class Slots:
