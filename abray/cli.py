@@ -160,6 +160,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# `abray serve` flags taken straight from the service's settings (abray/service/settings.py): name, type, help
+SERVE_SETTINGS = ("max_running_jobs", "max_body_bytes", "max_trials", "max_epochs", "max_delay", "max_workers",
+                  "max_name_length", "allowed_hosts", "data_roots", "allow_download", "reads_need_token")
+
+
+def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting in SERVE_SETTINGS, with the setting's description, default and environment variable.
+    Unset flags leave the environment's value (or the default) in place."""
+    from .service.settings import ENV, Settings
+
+    for name in SERVE_SETTINGS:
+        field = Settings.model_fields[name]
+        default = field.get_default(call_default_factory=True)
+        shown = Settings.DEFAULT_HOSTS if name == "allowed_hosts" else "none" if default in (None, []) else default
+        text = f"{field.description or name.replace('_', ' ')} (default: {shown}; env {ENV[name]})"
+        flag = "--" + name.replace("_", "-")
+        if field.annotation is bool:
+            parser.add_argument(flag, dest=name, action="store_const", const="1", default=None, help=text)
+        elif "list" in str(field.annotation):
+            parser.add_argument(flag, dest=name, default=None, metavar="A,B,...", help=text + "; comma-separated")
+        else:
+            parser.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=text)
+
+
 def _serve_url(args: argparse.Namespace) -> str:
     host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
     return f"http://{host}:{args.port}"
@@ -187,7 +211,7 @@ def _check_database(settings) -> None:
 
     settings.storage.mkdir(parents=True, exist_ok=True)
     try:
-        store.connect(settings.database).dispose()
+        store.connect(settings.database, create=True).dispose()  # the service's first start creates it
     except store.SchemaError as err:
         raise ConfigError(str(err)) from None
     except SQLAlchemyError as err:
@@ -197,8 +221,8 @@ def _check_database(settings) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """The job service: FastAPI on uvicorn. Flags become ABRAY_* settings (see abray/service/settings.py)."""
-    flags = {"storage": args.storage, "database_url": args.database, "max_running_jobs": args.max_running_jobs,
-             "reads_need_token": "1" if args.reads_need_token else None}
+    flags = {"storage": args.storage, "database_url": args.database, "host": args.host,
+             **{name: getattr(args, name) for name in SERVE_SETTINGS}}
     for name, value in flags.items():
         if value is not None:
             os.environ[f"ABRAY_{name.upper()}"] = str(value)
@@ -352,9 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "(default: $ABRAY_STORAGE, else runs/service)")
     serve.add_argument("--database", help="SQLAlchemy URL, e.g. postgresql://user@host/db (default: SQLite "
                                           "in storage)")
-    serve.add_argument("--max-running-jobs", type=int, help="jobs run at once; the rest wait (default: 1)")
-    serve.add_argument("--reads-need-token", action="store_true", help="require the token for reads too "
-                                                                       "(default: only writes need it)")
+    _add_serve_flags(serve)
     serve.add_argument("--log-level", default="info", choices=SERVE_LOG_LEVELS, help="default: info")
     mode = serve.add_mutually_exclusive_group()
     mode.add_argument("--detach", action="store_true", help="run in the background (log: STORAGE/serve.log); "

@@ -7,9 +7,15 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from abray.service.admission import SERVICE_FIELDS
 from abray.service.store import JOB_STATUSES, TRIAL_STATUSES
+from abray.sweeps.spec import spec_model
 
 JobStatus = Literal[JOB_STATUSES]
+
+# POST /jobs's body: every field of a sweep spec, generated from TrainConfig and SweepOptions, less those the
+# service sets. It documents the contract (the OpenAPI document); abray.service.admission validates.
+JobSpec = spec_model("JobSpec", exclude=SERVICE_FIELDS)
 
 
 class Progress(BaseModel):
@@ -80,9 +86,13 @@ class Summary(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok", "degraded"]
-    database: dict[str, Any]
-    ray: dict[str, Any]
-    jobs: dict[str, int]
+    database: Optional[dict[str, Any]] = Field(None, description="omitted without the token when reads need one")
+    ray: Optional[dict[str, Any]] = Field(None, description="omitted without the token when reads need one")
+    jobs: Optional[dict[str, int]] = Field(None, description="omitted without the token when reads need one")
     links: dict[str, str] = Field(default_factory=dict,
                                   description="monitoring pages that answer now: ray_dashboard (Ray's dashboard), "
-                                              "grafana")
+                                              "grafana (empty without the token when reads need one)")
+
+
+class Message(BaseModel):
+    detail: str

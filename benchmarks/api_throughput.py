@@ -8,18 +8,24 @@
    Parquet, `--queries` sequential requests each, interleaved. Twice: with a new epoch recorded before every
    round of queries (the worst case: each body is read from the database and built), and with none between
    queries (a dashboard polling between epochs, or anyone reading a finished job: bodies come from the cache).
+3. Refusing a 10^7-point grid (a 1.3 KB spec: four lists of 100, 100, 100 and 10 values): the time to its 422,
+   `--refusals` times, with the API's resident memory before and after and the slowest /health answer while
+   the refusals run (another client polls it every 50 ms).
 
 The client and the server share this machine's cores, so throughput is a floor for the server alone.
 
     python benchmarks/api_throughput.py [--database postgresql://...] [--per-client 4] [--queries 200]
+                                        [--refusals 20]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -120,12 +126,69 @@ def latencies(url: str, job_id: int, queries: int, label: str, between=None) -> 
               f"({sizes[fmt] / 1e6:.2f} MB)")
 
 
+HUGE_GRID = {"name": "huge", "grid": {"delay": list(range(100)), "seed": list(range(100)),
+                                      "lr": [round(0.001 * (i + 1), 3) for i in range(100)],
+                                      "rho": [round(0.1 * i, 1) for i in range(10)]}}
+
+
+def resident_mb(pid: int, field: str = "VmRSS") -> float:
+    """A process's resident memory now (VmRSS), or its peak so far (VmHWM), in MB (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def refusals(service: LocalService, count: int) -> None:
+    """POST the huge grid `count` times (and for at least a second), while another client polls /health."""
+    body = json.dumps(HUGE_GRID).encode()
+    points = 1
+    for values in HUGE_GRID["grid"].values():
+        points *= len(values)
+    health: list[tuple[float, float]] = []  # (start, seconds) of each /health answer
+    stop = threading.Event()
+
+    def poll_health():
+        with httpx.Client(base_url=service.url, timeout=60) as client:
+            while not stop.is_set():
+                start = time.perf_counter()
+                client.get("/health")
+                health.append((start, time.perf_counter() - start))
+                stop.wait(0.05)
+
+    poller = threading.Thread(target=poll_health)
+    poller.start()
+    while not health:  # the poller's connection is open
+        time.sleep(0.01)
+    rss_before, peak_before = resident_mb(service.proc.pid), resident_mb(service.proc.pid, "VmHWM")
+    timings, statuses = [], set()
+    with httpx.Client(base_url=service.url, headers=service.auth, timeout=120) as client:
+        client.get("/jobs", params={"limit": 1})  # the connection is open: time the refusals alone
+        began = time.perf_counter()
+        while len(timings) < count or time.perf_counter() - began < 1.0:
+            start = time.perf_counter()
+            r = client.post("/jobs", content=body, headers={"Content-Type": "application/json"})
+            timings.append(time.perf_counter() - start)
+            statuses.add(r.status_code)
+        ended = time.perf_counter()
+    stop.set()
+    poller.join()
+    rss_after, peak_after = resident_mb(service.proc.pid), resident_mb(service.proc.pid, "VmHWM")
+    during = [seconds for start, seconds in health if start < ended and start + seconds > began]
+    ms = np.array(timings) * 1000
+    print(f"a {points:,}-point grid ({len(body) / 1000:.1f} KB) refused with {sorted(statuses)}: p50 "
+          f"{np.percentile(ms, 50):.1f} ms, p99 {np.percentile(ms, 99):.1f} ms over {len(timings)}; API memory "
+          f"{rss_before:.0f} -> {rss_after:.0f} MB (peak {peak_before:.0f} -> {peak_after:.0f} MB); slowest of {len(during)} /health answers meanwhile "
+          f"{max(during, default=0) * 1000:.0f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database", help="SQLAlchemy URL (default: an SQLite file in a temporary folder)")
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--per-client", type=int, default=4)
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--refusals", type=int, default=20)
     args = parser.parse_args()
 
     import ray
@@ -144,6 +207,7 @@ def main() -> None:
             latencies(url, job["id"], args.queries, "a new epoch before each round (built)",
                       between=NewEpochs(database, job["id"]))
             latencies(url, job["id"], args.queries, "no new epoch between queries (cached)")
+            refusals(service, args.refusals)
         finally:
             service.stop()
     ray.shutdown()

@@ -23,6 +23,21 @@ from .cluster import answers, job_cluster
 from .settings import Settings
 
 
+def cluster_capacity(address: str) -> dict[str, float]:
+    """The total resources (CPU, GPU, memory...) of the live nodes of the Ray cluster at `address`, from its GCS,
+    without joining the cluster as a driver."""
+    from ray._raylet import GcsClient
+    from ray.core.generated.gcs_pb2 import GcsNodeInfo
+
+    alive = GcsNodeInfo.GcsNodeState.Value("ALIVE")
+    total: dict[str, float] = {}
+    for info in GcsClient(address=address).get_all_node_info(timeout=10).values():
+        if info.state == alive:
+            for name, amount in info.resources_total.items():
+                total[name] = total.get(name, 0.0) + amount
+    return total
+
+
 def _log_tail(path: Path, lines: int = 3) -> str:
     try:
         text = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
@@ -38,6 +53,7 @@ class Scheduler:
         self.ray_address: Optional[str] = None
         self.fixed_cluster = False
         self.ray_error: Optional[str] = None
+        self._capacity: Optional[tuple[str, dict]] = None  # (address, resources) of a fixed cluster
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="abray-scheduler", daemon=True)
 
@@ -57,11 +73,29 @@ class Scheduler:
                     self.fixed_cluster = not os.environ.get("RAY_ADDRESS")  # our local head cannot grow
                     self.ray_address = job_cluster(self.settings.storage)
                     self.ray_error = None
+                    self.capacity()  # known before the first submission asks
                 self.tick()
             except Exception as err:  # keep scheduling; /health shows what went wrong
                 self.ray_error = f"{type(err).__name__}: {err}" if self.ray_address is None else self.ray_error
                 traceback.print_exc()
             self._stop.wait(self.settings.poll_s)
+
+    def capacity(self) -> Optional[dict]:
+        """The resources of the cluster jobs run on, when it cannot grow (the service's own local head), so that
+        submissions of trials it could never place are refused; None when it can grow (RAY_ADDRESS) or is not
+        known yet (the drivers check again)."""
+        address = self.ray_address
+        if not self.fixed_cluster or not address:
+            return None
+        known = self._capacity
+        if known is None or known[0] != address:
+            try:
+                known = self._capacity = (address, cluster_capacity(address))
+                import ray.tune  # noqa: F401  (what checking a trial's needs imports, loaded here, not in a request)
+            except Exception as err:
+                print(f"could not read the Ray cluster's resources at {address}: {err}", flush=True)
+                return None
+        return known[1]
 
     def tick(self) -> None:
         for pid, child in list(self.children.items()):

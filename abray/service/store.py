@@ -9,21 +9,29 @@ Every change of a job's status goes through the functions under "the job state m
 heartbeat, request_cancel, finish), whoever makes it: the API, the scheduler or the driver.
 
 The schema carries a version (table abray_meta). A database made by another version is refused at
-start with both numbers, rather than read wrongly.
+start with both numbers, rather than read wrongly. Only the service, at its first start, creates a database
+(`connect(url, create=True)`); every other connection (job drivers, the service's own pool) refuses a missing
+one, so a deleted SQLite file is never silently replaced by an empty one. `unwritable` says why writes
+cannot land now (the file deleted, replaced or made read-only), for /health and the write routes.
 """
 
 from __future__ import annotations
 
+import os
+import sqlite3
+import stat
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Optional
 
 import pandas as pd
 from sqlalchemy import (JSON, Boolean, Column, DateTime, Float, ForeignKey, Integer, String, Table, Text,
-                        create_engine, event, func, select, update)
+                        create_engine, event, func, make_url, select, text, update)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from ..results.schema import CONFIG_COLUMNS, METRIC_COLUMNS, metric_row, metric_types
+from ..sweeps.spec import MAX_NAME_LENGTH
 
 SCHEMA_VERSION = 1
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -38,8 +46,16 @@ TRANSITIONS = {
 }
 
 
+# ids are INTEGER columns: 64-bit on SQLite, 32-bit on PostgreSQL; no id beyond the smaller can exist
+MAX_ID = 2**31 - 1
+
+
 class SchemaError(RuntimeError):
-    """The database holds another schema version than this abray's."""
+    """The database holds another schema version than this abray's, or none."""
+
+
+class MissingDatabase(RuntimeError):
+    """The SQLite file is not there, and this connection may not create it."""
 
 
 def utcnow() -> datetime:
@@ -64,7 +80,7 @@ class Meta(Base):
 class Job(Base):
     __tablename__ = "jobs"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    name: Mapped[str] = mapped_column(String(128))
+    name: Mapped[str] = mapped_column(String(MAX_NAME_LENGTH))
     status: Mapped[str] = mapped_column(String(16), index=True, default="queued")
     spec: Mapped[dict] = mapped_column(JSON)
     total_trials: Mapped[int] = mapped_column(Integer)
@@ -115,11 +131,29 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def connect(url: str, create: bool = True) -> Engine:
-    """An engine on `url` whose schema is this version's: created when the database is empty."""
+def sqlite_path(url: str) -> Optional[Path]:
+    """The file of an SQLite URL; None for other databases and in-memory SQLite."""
+    url = make_url(normalize_url(url))
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database)
+
+
+def connect(url: str, create: bool = False) -> Engine:
+    """An engine on `url` whose schema is this version's. `create`: make the database (an SQLite file) and its
+    tables when there are none; only the service does, at its start. Otherwise a missing SQLite file or an
+    empty database is refused, and no connection of this engine will ever create the file."""
     url = normalize_url(url)
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+    path = sqlite_path(url)
+    if path is not None:
+        if not path.exists():
+            if not create:
+                raise MissingDatabase(f"database {path} does not exist; `abray serve` creates it at its first "
+                                      "start, and nothing else may (was it deleted?)")
+            sqlite3.connect(path).close()
+        # mode=rw: SQLite opens the file or fails, never makes a new empty one (a pool opens connections later)
+        engine = create_engine(url, creator=lambda: sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=30,
+                                                                    check_same_thread=False))
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(conn, _record):
@@ -131,12 +165,11 @@ def connect(url: str, create: bool = True) -> Engine:
             cursor.close()
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
-    if create:
-        check_schema(engine)
+    check_schema(engine, create)
     return engine
 
 
-def check_schema(engine: Engine) -> None:
+def check_schema(engine: Engine, create: bool = False) -> None:
     from sqlalchemy import inspect
 
     tables = set(inspect(engine).get_table_names())
@@ -144,6 +177,9 @@ def check_schema(engine: Engine) -> None:
         if tables & {"jobs", "trials", "metrics"}:
             raise SchemaError(f"database {engine.url.render_as_string(hide_password=True)} has abray tables but no "
                               f"schema version; this abray needs version {SCHEMA_VERSION}")
+        if not create:
+            raise SchemaError(f"database {engine.url.render_as_string(hide_password=True)} has no abray tables; "
+                              "`abray serve` creates them at its first start")
         Base.metadata.create_all(engine)
         with Session(engine) as session, session.begin():
             session.merge(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
@@ -154,6 +190,46 @@ def check_schema(engine: Engine) -> None:
         raise SchemaError(f"database {engine.url.render_as_string(hide_password=True)} has schema version "
                           f"{found.value if found else 'none'}; this abray needs version {SCHEMA_VERSION}. "
                           "Use a new database (or the abray version that made it).")
+
+
+def file_identity(engine: Engine) -> Optional[tuple[int, int]]:
+    """The SQLite file's (device, inode) now, to tell later whether it is still the same file; None otherwise."""
+    path = sqlite_path(str(engine.url))
+    try:
+        found = os.stat(path) if path is not None else None
+    except OSError:
+        return None
+    return (found.st_dev, found.st_ino) if found is not None else None
+
+
+def unwritable(engine: Engine, identity: Optional[tuple[int, int]]) -> Optional[str]:
+    """Why a write would not land in the database the service opened, or None. SQLite only (a file check, cheap
+    enough before every write): the file deleted or replaced since `identity` was taken (writes would go to a
+    file nobody reads), or made read-only (no write permission bit, which holds even for root)."""
+    path = sqlite_path(str(engine.url))
+    if path is None:
+        return None
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return f"the database file {path} was deleted while the service ran; restore it, or restart the service " \
+               "to begin a new one"
+    except OSError as err:
+        return f"the database file {path} cannot be read: {err.strerror}"
+    if identity is not None and (found.st_dev, found.st_ino) != identity:
+        return f"the database file {path} was replaced while the service ran; restart the service to use the new one"
+    if not found.st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH) or not os.access(path, os.W_OK):
+        return f"the database file {path} is read-only (mode {stat.S_IMODE(found.st_mode):04o})"
+    return None
+
+
+def read_only_server(session: Session) -> Optional[str]:
+    """PostgreSQL: why the server takes no writes (a standby, or read-only transactions by default), or None."""
+    if session.get_bind().dialect.name != "postgresql":
+        return None
+    if session.execute(text("SHOW transaction_read_only")).scalar() == "on":
+        return "the PostgreSQL server is read-only (transaction_read_only is on; a standby?)"
+    return None
 
 
 def session_factory(engine: Engine) -> sessionmaker:

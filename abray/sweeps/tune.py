@@ -63,12 +63,14 @@ def trial_resources(config: TrainConfig):
     return PlacementGroupFactory(bundles)
 
 
-def check_fits(trials: list[dict]) -> None:
+def check_fits(trials: list[dict], total: Optional[dict] = None) -> None:
     """Refuse trials bigger than the whole cluster, when the cluster cannot grow: Tune would wait for ever.
-    (On an autoscaling cluster they wait for nodes instead, so callers only check fixed clusters.)"""
-    import ray
+    (On an autoscaling cluster they wait for nodes instead, so callers only check fixed clusters.)
+    `total`: the cluster's resources (default: those of the cluster this process is connected to)."""
+    if total is None:
+        import ray
 
-    total = ray.cluster_resources()
+        total = ray.cluster_resources()
     for values in trials:
         config = TrainConfig.model_validate(values)
         need = trial_resources(config).required_resources

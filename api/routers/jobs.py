@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, Optional
+from typing import Literal, Optional
 
-from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response, status
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -13,23 +13,23 @@ from sqlalchemy.orm import Session
 from abray.results.schema import FORMATS, frame_bytes
 from abray.results.summary import SUMMARY_COLUMNS, summarize
 from abray.service import store
+from abray.service.admission import admit
 from abray.service.settings import Settings
-from abray.sweeps.spec import DEFAULT_SPEC, parse_spec
+from abray.sweeps.spec import DEFAULT_SPEC
 from abray.training.config import ConfigError
 
-from ..deps import get_session, get_settings, require_read, require_write
-from ..schemas import JobList, JobOut, JobStatus, Summary, TrialOut
+from ..deps import get_session, get_settings, json_body, require_read, require_writable, require_write, unprocessable
+from ..schemas import JobList, JobOut, JobStatus, Message, Summary, TrialOut
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
-# fields the service sets itself: each job writes only under its own folder
-SERVICE_FIELDS = ("storage", "storage_path", "output")
-
-
-def unprocessable(errors: list[dict]) -> HTTPException:
-    """A 422 shaped like FastAPI's own validation errors: loc is the field's path in the body."""
-    return HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY,
-                         [{"loc": ["body", *e["loc"]], "msg": e["msg"], "type": "value_error"} for e in errors])
+JOB_ID = Path(ge=1, le=store.MAX_ID, description="the job's id")
+NOT_FOUND = {404: {"model": Message, "description": "no such job"}}
+READ = {401: {"model": Message, "description": "no valid token, when reads need one"},
+        503: {"model": Message, "description": "the database is unavailable"}}
+WRITE = {401: {"model": Message, "description": "no valid token (sent before the body is read)"},
+         503: {"model": Message, "description": "the database cannot take writes (deleted, replaced or read-only); "
+                                                "nothing was stored"}}
 
 
 def job_out(session: Session, job: store.Job, progress: Optional[dict] = None) -> JobOut:
@@ -40,39 +40,42 @@ def job_out(session: Session, job: store.Job, progress: Optional[dict] = None) -
                   error=job.error, spec=job.spec)
 
 
-def get_job(job_id: int, session: Session = Depends(get_session)) -> store.Job:
+def get_job(job_id: int = JOB_ID, session: Session = Depends(get_session)) -> store.Job:
     job = session.get(store.Job, job_id)
     if job is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
     return job
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobOut, dependencies=[Depends(require_write)],
-             responses={200: {"description": "a retry: the job this Idempotency-Key already created"},
-                        409: {"description": "the Idempotency-Key was used with another spec"},
-                        422: {"description": "an invalid or oversized spec; nothing is stored"}})
-def submit(response: Response,
-           spec: dict[str, Any] = Body(..., examples=[dict(DEFAULT_SPEC, epochs=5)],
-                                       description="a sweep spec, as for `abray sweep` (without `storage`)"),
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobOut,
+             dependencies=[Depends(require_write), Depends(require_writable)],
+             openapi_extra={"requestBody": {"required": True, "description": "a sweep spec, as for `abray sweep` "
+                                            "(without the fields the service sets: storage, storage_path, output)",
+                                            "content": {"application/json": {
+                                                "schema": {"$ref": "#/components/schemas/JobSpec"},
+                                                "example": dict(DEFAULT_SPEC, epochs=5)}}}},
+             responses={201: {"description": "the job, queued", "headers": {"Location": {
+                                  "description": "the job's URL", "schema": {"type": "string"}}}},
+                        200: {"description": "a retry: the job this Idempotency-Key already created"},
+                        **WRITE,
+                        409: {"model": Message, "description": "the Idempotency-Key was used with another spec"},
+                        413: {"model": Message, "description": "the body is larger than this service takes "
+                                                               "(refused before it is read)"},
+                        422: {"description": "an invalid spec, or one beyond this service's limits; every problem "
+                                             "is listed, and nothing is stored"}})
+def submit(request: Request, response: Response, values: object = Depends(json_body),
            idempotency_key: Optional[str] = Header(None, max_length=255,
                                                    description="retries with the same key never create two jobs"),
            session: Session = Depends(get_session), settings: Settings = Depends(get_settings)) -> JobOut:
-    service_set = [f for f in SERVICE_FIELDS if f in spec]
-    if service_set:
-        raise unprocessable([{"loc": [f], "msg": "set by the service (each job writes under its own folder); "
-                                                 "leave it out"} for f in service_set])
     try:
-        parsed = parse_spec(spec)
+        parsed = admit(values, settings, request.app.state.scheduler.capacity())
     except ConfigError as err:
         raise unprocessable(err.errors) from None
-    if parsed.size > settings.max_trials:
-        raise unprocessable([{"loc": ["grid"], "msg": f"sweep has {parsed.size} trials, more than this service "
-                                                      f"accepts ({settings.max_trials})"}])
     if idempotency_key is not None:
-        replay = _replay(session, idempotency_key, spec, response)
+        replay = _replay(session, idempotency_key, values, response)
         if replay is not None:
             return replay
-    job = store.Job(name=parsed.options.name, status="queued", spec=spec, total_trials=parsed.size,
+    job = store.Job(name=parsed.options.name, status="queued", spec=values, total_trials=parsed.size,
                     idempotency_key=idempotency_key, storage="", created_at=store.utcnow())
     try:
         session.add(job)
@@ -81,10 +84,11 @@ def submit(response: Response,
         session.commit()
     except IntegrityError:
         session.rollback()  # a concurrent retry with the same key won the race: answer with its job
-        replay = _replay(session, idempotency_key, spec, response) if idempotency_key else None
+        replay = _replay(session, idempotency_key, values, response) if idempotency_key else None
         if replay is None:
             raise
         return replay
+    response.headers["Location"] = f"/jobs/{job.id}"
     return job_out(session, job)
 
 
@@ -100,9 +104,9 @@ def _replay(session: Session, key: str, spec: dict, response: Response) -> Optio
     return job_out(session, job)
 
 
-@router.get("", response_model=JobList, dependencies=[Depends(require_read)])
+@router.get("", response_model=JobList, dependencies=[Depends(require_read)], responses=READ)
 def list_jobs(status_filter: Optional[JobStatus] = Query(None, alias="status"),
-              limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0),
+              limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=store.MAX_ID),
               session: Session = Depends(get_session)) -> JobList:
     query = select(store.Job)
     count = select(func.count()).select_from(store.Job)
@@ -115,19 +119,26 @@ def list_jobs(status_filter: Optional[JobStatus] = Query(None, alias="status"),
 
 
 @router.get("/{job_id}", response_model=JobOut, dependencies=[Depends(require_read)],
-            responses={404: {"description": "no such job"}})
+            responses={**NOT_FOUND, **READ})
 def read_job(job: store.Job = Depends(get_job), session: Session = Depends(get_session)) -> JobOut:
     return job_out(session, job)
 
 
-@router.post("/{job_id}/cancel", response_model=JobOut, dependencies=[Depends(require_write)],
-             responses={404: {"description": "no such job"}, 409: {"description": "the job has already finished"}})
-def cancel(job_id: int, response: Response, session: Session = Depends(get_session)) -> JobOut:
+@router.post("/{job_id}/cancel", response_model=JobOut,
+             dependencies=[Depends(require_write), Depends(require_writable)],
+             responses={200: {"description": "the job was queued: cancelled at once"},
+                        202: {"model": JobOut, "description": "the job runs: its trials stop within seconds"},
+                        **NOT_FOUND, **WRITE,
+                        409: {"model": Message, "description": "the job has already finished"}})
+def cancel(response: Response, job_id: int = JOB_ID, session: Session = Depends(get_session)) -> JobOut:
     """A queued job is cancelled at once (200); a running one stops its trials within seconds (202)."""
-    job = get_job(job_id, session)
+    # the write first: on SQLite it takes the write lock before reading, so racing the scheduler's claim it
+    # waits its turn rather than failing to upgrade a read
     outcome = store.request_cancel(session, job_id)
     session.commit()
-    session.refresh(job)
+    job = session.get(store.Job, job_id)
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
     if outcome == "finished":
         raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} has already finished ({job.status}); "
                                                       "there is nothing to cancel")
@@ -136,7 +147,8 @@ def cancel(job_id: int, response: Response, session: Session = Depends(get_sessi
     return job_out(session, job)
 
 
-@router.get("/{job_id}/trials", response_model=list[TrialOut], dependencies=[Depends(require_read)])
+@router.get("/{job_id}/trials", response_model=list[TrialOut], dependencies=[Depends(require_read)],
+            responses={**NOT_FOUND, **READ})
 def trials(job: store.Job = Depends(get_job), session: Session = Depends(get_session)) -> list[TrialOut]:
     found = session.scalars(select(store.Trial).where(store.Trial.job_id == job.id)
                             .order_by(store.Trial.trial_id)).all()
@@ -146,7 +158,8 @@ def trials(job: store.Job = Depends(get_job), session: Session = Depends(get_ses
 
 @router.get("/{job_id}/results", dependencies=[Depends(require_read)],
             responses={200: {"content": {media: {} for media in FORMATS.values()},
-                             "description": "the tidy results: a row per trial and epoch, so far"}})
+                             "description": "the tidy results: a row per trial and epoch, so far"},
+                       **NOT_FOUND, **READ})
 def results(request: Request, format: Literal[tuple(FORMATS)] = "json", job: store.Job = Depends(get_job),
             session: Session = Depends(get_session)) -> Response:
     """The tidy schema (job_id, trial_id, config columns, metric columns): `pandas.read_csv(url)` and
@@ -158,7 +171,8 @@ def results(request: Request, format: Literal[tuple(FORMATS)] = "json", job: sto
                     headers={"Content-Disposition": f'attachment; filename="job-{job.id}.{format}"'})
 
 
-@router.get("/{job_id}/summary", response_model=Summary, dependencies=[Depends(require_read)])
+@router.get("/{job_id}/summary", response_model=Summary, dependencies=[Depends(require_read)],
+            responses={**NOT_FOUND, **READ})
 def summary(request: Request, job: store.Job = Depends(get_job), session: Session = Depends(get_session)) -> Summary:
     """Final test accuracy (percent) per setting (optimizer, delay and every other swept field): mean and std
     over seeds, with trial and divergence counts. The same summary as `abray results`."""

@@ -35,7 +35,8 @@ def test_serve_and_client_help_give_defaults():
     serve = help_of("serve")
     assert "--port PORT default: 8000" in serve and "default: 127.0.0.1" in serve
     assert "--log-level {critical,error,warning,info,debug,trace} default: info" in serve
-    assert "--max-running-jobs MAX_RUNNING_JOBS jobs run at once; the rest wait (default: 1)" in serve
+    assert ("--max-running-jobs MAX_RUNNING_JOBS jobs whose drivers run at once; the rest wait, queued (default: 1; "
+            "env ABRAY_MAX_RUNNING_JOBS)") in serve
     assert "--stop stop this storage's service and the local Ray head it started" in serve
     submit = help_of("submit")
     assert "default: $ABRAY_URL, else http://127.0.0.1:8000" in submit and "default: $ABRAY_TOKEN" in submit

@@ -1,53 +1,17 @@
-"""The store on a real PostgreSQL server (Debian's package, installed by scripts/test-deps.sh), started here
-in a temporary folder on a free port, and the whole service on it."""
+"""The store on a real PostgreSQL server (Debian's package, installed by scripts/test-deps.sh; started by
+conftest.py in a temporary folder on a free port), and the whole service on it."""
 
-import glob
-import os
-import shutil
+import json
 import subprocess
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
+import httpx
 import pandas as pd
-import pytest
 
-from abray.service.cluster import free_port
+from abray.service import store
 from support.service import ApiServer
 from test_api import TINY
-
-
-def _as_postgres(cmd: list[str]) -> list[str]:
-    # initdb refuses to run as root; Debian's package makes the postgres user
-    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    assert found, "PostgreSQL's server is not installed: run scripts/test-deps.sh (make test does)"
-    bin_dir = Path(found[-1]).parent
-    root = Path(tempfile.mkdtemp(prefix="abray-pg-"))
-    root.chmod(0o755)
-    data = root / "data"
-    data.mkdir()
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
-        shutil.chown(data, "postgres")
-    port = free_port()
-    subprocess.run(_as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "abray", "--no-sync"]),
-                   check=True, capture_output=True)
-    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-    subprocess.run(_as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"),
-                                 "-w", "start"]), check=True, capture_output=True)
-    try:
-        subprocess.run(_as_postgres([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "abray",
-                                     "abray"]), check=True, capture_output=True)
-        yield f"postgresql://abray@127.0.0.1:{port}/abray"
-    finally:
-        subprocess.run(_as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
-                       capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+from test_store import assert_one_winner, race_cancel_against_claim
 
 
 def test_a_job_runs_with_its_results_in_postgresql(postgres_url, ray_cluster, tmp_path):
@@ -73,8 +37,33 @@ def test_a_job_runs_with_its_results_in_postgresql(postgres_url, ray_cluster, tm
         server.stop()
 
     # the rows are in PostgreSQL itself, read with psql
-    port = postgres_url.rsplit(":", 1)[1].split("/")[0]
-    count = subprocess.run(["psql", "-h", "127.0.0.1", "-p", port, "-U", "abray", "-d", "abray", "-tAc",
+    port, name = postgres_url.rsplit(":", 1)[1].split("/")
+    count = subprocess.run(["psql", "-h", "127.0.0.1", "-p", port, "-U", "abray", "-d", name, "-tAc",
                             f"SELECT count(*) FROM metrics WHERE job_id = {job_id}"],
                            capture_output=True, text=True, check=True).stdout.strip()
     assert count == "8"
+
+
+def test_values_beyond_postgresqls_columns_are_refused_not_500(postgres_url, ray_cluster, tmp_path):
+    # ids are int4 and the name column holds 128 characters here; JSON columns take no Infinity
+    server = ApiServer(tmp_path, ray_cluster["address"], database=postgres_url, max_running_jobs=0).start()
+    try:
+        with server.client() as client:
+            for path in ("/jobs/2147483648", "/jobs/2147483648/trials", "/jobs?offset=9223372036854775808"):
+                assert client.get(path).status_code == 422, path
+            assert client.post("/jobs/2147483648/cancel").status_code == 422
+            assert client.get("/jobs/2147483647").status_code == 404
+            long_name = client.post("/jobs", json=dict(TINY, name="n" * 10_000))
+            assert long_name.status_code == 422 and long_name.json()["detail"][0]["loc"] == ["body", "name"]
+            infinite = client.post("/jobs", content=json.dumps(dict(TINY, lr=float("inf"))),
+                                   headers={"Content-Type": "application/json"})
+            assert infinite.status_code == 422 and infinite.json()["detail"][0]["loc"] == ["body", "lr"]
+            assert client.get("/jobs").json()["total"] == 0
+        assert httpx.get(f"{server.url}/health").json()["database"]["ok"]
+    finally:
+        server.stop()
+
+
+def test_cancel_racing_the_schedulers_claim_has_one_winner_on_postgresql(postgres_url):
+    store.connect(postgres_url, create=True).dispose()
+    assert_one_winner(race_cancel_against_claim(postgres_url))

@@ -1,10 +1,12 @@
+import time
+
 import pandas as pd
 import pytest
 import torch
 
 from abray.results import CONFIG_COLUMNS, METRIC_COLUMNS, load_tune_experiment, summarize, trial_status
 from abray.results.report import report
-from abray.sweeps.spec import parse_spec
+from abray.sweeps.spec import load_spec_file, parse_spec
 from abray.sweeps.tune import CHECKPOINTS_FOLDER, run_sweep, trial_resources
 from abray.training.config import ConfigError, TrainConfig
 
@@ -17,7 +19,13 @@ from abray.training.config import ConfigError, TrainConfig
         ({"grid": {"delay": list(range(100)), "seed": list(range(60))}}, "sweep has 6000 trials, more than max_trials = 5000"),
         ({"grid": {"delay": [0, 1]}, "max_trials": 1}, "sweep has 2 trials, more than max_trials = 1"),
         ({"epochs": 0}, "epochs: Input should be greater than or equal to 1"),
-        ({"grid": {"momentum": [0.9, 1.5]}}, r"invalid sweep point \(momentum=1.5\)"),
+        ({"grid": {"momentum": [0.9, 1.5]}}, r"grid.momentum\[1\]: momentum=1.5: Input should be less than 1"),
+        ({"grid": {"delya": [1]}}, "grid.delya: not a sweepable field; allowed: .*; did you mean 'delay'?"),
+        ({"gird": {"delay": [1]}}, "gird: unknown field; did you mean 'grid'?"),
+        ({"grid": {"seed": list(range(1001))}}, r"grid.seed: List should have at most 1000 items"),
+        ({"search": "random", "num_samples": 2, "grid": {"seed": list(range(100)), "lr": [0.1] * 100}},
+         "random search validates every grid point before it starts, and the grid has 10000 points, more than "
+         "max_trials = 5000"),
         ({"search": "bayes"}, "search: Input should be 'grid' or 'random'"),
         ({"delay": 3, "grid": {"delay": [0]}}, "delay: set both as a fixed value and in grid"),
         ({"name": "../escape"}, "name: String should match pattern"),
@@ -26,6 +34,43 @@ from abray.training.config import ConfigError, TrainConfig
 def test_bad_specs_are_refused_before_anything_starts(values, match):
     with pytest.raises(ConfigError, match=match):
         parse_spec(values)
+
+
+def test_a_grid_reports_every_bad_value_by_its_place():
+    with pytest.raises(ConfigError) as caught:
+        parse_spec({"grid": {"delay": [0, -1], "momentum": [0.9, 1.5]}})
+    assert caught.value.errors == [
+        {"loc": ["grid", "delay", 1], "msg": "delay=-1: Input should be greater than or equal to 0"},
+        {"loc": ["grid", "momentum", 1], "msg": "momentum=1.5: Input should be less than 1"}]
+
+
+def test_a_combination_that_cannot_run_is_named_by_its_grid_point():
+    with pytest.raises(ConfigError) as caught:
+        parse_spec({"grid": {"nesterov": [True, False], "momentum": [0.0, 0.9]}})
+    assert caught.value.errors == [{"loc": ["grid"], "msg": "grid point (nesterov=True, momentum=0.0): nesterov "
+                                                            "requires momentum in (0, 1)"}]
+
+
+def test_the_size_is_known_before_any_point_is_built():
+    # four lists of 100, 100, 100 and 10 values: 10^7 points, refused from the lists' lengths alone
+    grid = {"delay": list(range(100)), "seed": list(range(100)), "lr": [0.001 * (i + 1) for i in range(100)],
+            "rho": [0.1 * i for i in range(10)]}
+    start = time.perf_counter()
+    with pytest.raises(ConfigError) as caught:
+        parse_spec({"grid": grid}, max_trials=5000)
+    assert time.perf_counter() - start < 0.5  # building 10^7 configs would take minutes
+    assert caught.value.errors == [{"loc": ["grid"], "msg": "sweep has 10000000 trials, more than this service "
+                                                            "accepts (5000); shrink the grid"}]
+    # the spec's own limit below the service's: raising it is advice the service can take
+    with pytest.raises(ConfigError, match=r"sweep has 4 trials, more than max_trials = 3; shrink the grid or raise "
+                                          r"max_trials \(this service accepts up to 5000\)"):
+        parse_spec({"grid": {"delay": [0, 1, 2, 3]}, "max_trials": 3}, max_trials=5000)
+
+
+def test_a_spec_file_is_read_and_validated(tmp_path):
+    (tmp_path / "sweep.yaml").write_text("name: s\nepochs: 2\ngrid:\n  delay: [0, 4]\n  optimizer: [sgdm, ab]\n")
+    spec = load_spec_file(tmp_path / "sweep.yaml")
+    assert spec.size == 4 and spec.options.name == "s" and {t["epochs"] for t in spec.trials} == {2}
 
 
 def test_spec_expands_the_grid():

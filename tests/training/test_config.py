@@ -14,7 +14,7 @@ from abray.training.config import ConfigError, load_config_file, parse_config
         ({"nesterov": True, "momentum": 0.0}, "nesterov requires momentum in \\(0, 1\\)"),
         ({"output": "x.txt"}, "output must end in .csv or .parquet"),
         ({"epochs": 0}, "epochs: Input should be greater than or equal to 1"),
-        ({"learning_rate": 0.1}, "learning_rate: Extra inputs are not permitted"),
+        ({"learning_rate": 0.1}, "learning_rate: unknown field$"),
         ({"device": "tpu"}, "device must be 'cpu' or 'cuda"),
         ({"storage_path": "ftp://host/runs"}, "storage_path must be a local path or a URI with scheme file, s3, gs"),
         ({"step_retries": 101}, "step_retries: Input should be less than or equal to 100"),
@@ -24,6 +24,47 @@ from abray.training.config import ConfigError, load_config_file, parse_config
 def test_config_validation_messages(values, match):
     with pytest.raises(ConfigError, match=match):
         parse_config(values)
+
+
+INF = float("inf")
+
+
+@pytest.mark.parametrize(
+    "values,loc,text",
+    [  # every number finite and bounded: the message names the field and its allowed range
+        ({"lr": INF}, ["lr"], "lr: Input should be a finite number; allowed: > 0 and <= 1e+06 (got inf)"),
+        ({"rho": INF}, ["rho"], "rho: Input should be a finite number; allowed: >= 0 and <= 100"),
+        ({"warmup_epochs": INF}, ["warmup_epochs"], "warmup_epochs: Input should be a finite number; allowed: >= 0 and <= 100000"),
+        ({"cpus_per_worker": INF}, ["cpus_per_worker"], "cpus_per_worker: Input should be a finite number; allowed: > 0 and <= 1024"),
+        ({"lr": float("nan")}, ["lr"], "lr: Input should be a finite number"),
+        ({"slowdown": [1, INF], "workers": 2}, ["slowdown", 1], "slowdown[1]: Input should be a finite number"),
+        ({"epochs": 1e12}, ["epochs"], "epochs: Input should be less than or equal to 100000"),
+        ({"batch_size": 1e12}, ["batch_size"], "batch_size: Input should be less than or equal to 65536"),
+        ({"delay": 2**70}, ["delay"], "delay: Input should be less than or equal to 10000"),
+        ({"seed": 2**32}, ["seed"], "seed: Input should be less than or equal to 4294967295"),
+        ({"data_root": "x" * 5000}, ["data_root"], "data_root: String should have at most 4096 characters"),
+    ],
+)
+def test_every_number_is_finite_and_bounded(values, loc, text):
+    with pytest.raises(ConfigError) as caught:
+        parse_config(values)
+    assert [e["loc"] for e in caught.value.errors] == [loc] and text in str(caught.value)
+
+
+def test_a_huge_value_is_quoted_cut_short():
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"device": "cuda" + "0" * 100_000})
+    assert len(str(caught.value)) < 300 and "(100006 characters)" in str(caught.value)
+
+
+def test_a_typo_in_a_config_file_gets_did_you_mean(tmp_path):
+    (tmp_path / "run.yaml").write_text("delya: 4\nmomentun: 0.5\nwhatever: 1\n")
+    with pytest.raises(ConfigError) as caught:
+        parse_config(load_config_file(tmp_path / "run.yaml"))
+    message = str(caught.value)
+    assert "delya: unknown field; did you mean 'delay'?" in message
+    assert "momentun: unknown field; did you mean 'momentum'?" in message
+    assert "whatever: unknown field\n" in message + "\n"  # nothing close: no guess
 
 
 def test_config_files_yaml_json_and_garbage(tmp_path):

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import ray
+from torch.utils.data import TensorDataset
 
 from abray.training.config import parse_config
-from abray.training.data import digits
+from abray.training.data import DataSplit, digits
 from abray.training.distributed import TrainingFailed, train_distributed
 from support.runs import simulate
 
@@ -71,13 +72,14 @@ def test_actors_killed_at_random_points_lose_no_step_and_repeat_none(tmp_path, d
 
 
 def test_a_step_that_fails_every_time_fails_the_run_with_the_workers_error(tmp_path, data):
-    # a straggler factor so large that the worker's sleep overflows: the same error at every try
-    config = parse_config({"mode": "distributed", "workers": 1, "slowdown": [1e15], "epochs": 1,
-                           "storage_path": str(tmp_path)})
+    # corrupt training images (4x4 instead of 8x8): the worker's forward pass fails the same way at every try
+    corrupt = DataSplit(train=TensorDataset(data.train.tensors[0][:, :, :4, :4], data.train.tensors[1]),
+                        test=data.test, num_classes=data.num_classes, input_shape=data.input_shape)
+    config = parse_config({"mode": "distributed", "workers": 1, "epochs": 1, "storage_path": str(tmp_path)})
     start = time.monotonic()
     with pytest.raises(TrainingFailed, match=r"^step 0 failed 4 times \(step_retries = 3\); last error: "
-                                             r"OverflowError: .+ \(on worker 0\)$"):
-        train_distributed(config, data)
+                                             r"RuntimeError: .+ \(on worker 0\)$"):
+        train_distributed(config, corrupt)
     assert time.monotonic() - start < 60
     assert not list(tmp_path.iterdir())
 
