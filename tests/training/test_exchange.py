@@ -19,12 +19,7 @@ from abray.training.parameter_server import ParameterServerState
 DATA = digits()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def desk(**kw) -> Exchange:
