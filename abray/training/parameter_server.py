@@ -50,7 +50,7 @@ from .checkpoints import RunFolder, check_owner, config_fingerprint
 from .config import TrainConfig
 from .data import batch_indices
 from .delayed import apply_gradients
-from .epochs import EpochLog, EpochMetrics
+from .epochs import EpochLog, EpochMetrics, reversed_fraction, track_braking
 from .flat import FlatLayout, bind_parameters, load_buffers, model_buffers, tensor_from_store
 from .models import build_model
 from .shards import Part
@@ -105,6 +105,7 @@ class ParameterServerState:
         self.own_layout = FlatLayout(self.layout.shapes[self.part.first:self.part.last])
         self.own_flat = self.flat[self.part.start:self.part.stop]
         self.optimizer = build_optimizer(config, self.own_params)
+        track_braking(self.optimizer)  # with sharded servers, of the leader's part only
         self.scheduler = make_scheduler(config, self.optimizer, self.steps_per_epoch)
         self.predict = METHODS[config.optimizer].predicts
 
@@ -298,7 +299,8 @@ class ParameterServerState:
                 self.fill_others(self.flat, len(self.history) + 1)
         load_buffers(self.model, self.buffers)
         metrics = self.epoch_log.close(self.model, self.test_set, epoch=len(self.history) + 1, steps=self.applied,
-                                       lr=self.optimizer.param_groups[0]["lr"], diverged_step=self.diverged_step)
+                                       lr=self.optimizer.param_groups[0]["lr"], diverged_step=self.diverged_step,
+                                       reversed_fraction=reversed_fraction(self.optimizer))
         self.history.append(metrics)
         if self.folder:  # before anyone hears of the epoch: a restored server never closes it again
             self.save_checkpoint()
