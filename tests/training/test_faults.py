@@ -31,7 +31,9 @@ def data():
 
 class Chaos:
     """Kills actors of the run as updates are applied: at each point (updates applied so far, as the driver hears
-    them) one target, restartable, except that the last kill takes a worker for good."""
+    them) one target, restartable, except that the last kill takes a worker for good. A server kill waits for an
+    instance not killed yet (Ray's kill is asynchronous: two kills close together could otherwise both land on
+    one instance, and the run would see one restart where the plan meant two)."""
 
     def __init__(self, seed: int, updates: int, workers: int):
         rng = random.Random(seed)
@@ -40,6 +42,7 @@ class Chaos:
         points = sorted(rng.sample(range(3, updates - 10), len(targets) + 1))
         self.plan = list(zip(points, targets + [f"worker-{rng.randrange(workers)}"]))
         self.done: list[tuple] = []
+        self.killed_servers: set[str] = set()  # instances
 
     def __call__(self, update: dict) -> None:
         if len(self.done) == len(self.plan) or update["applied"] < self.plan[len(self.done)][0]:
@@ -48,7 +51,16 @@ class Chaos:
         last = len(self.done) == len(self.plan) - 1
         name = f"abray-ps-{update['run_id']}" if target == "server" else \
             f"abray-worker-{update['run_id']}-{target.split('-')[1]}"
-        ray.kill(ray.get_actor(name), no_restart=last)
+        actor = ray.get_actor(name)
+        if target == "server":
+            try:
+                instance = ray.get(actor.ping.remote(), timeout=30)["instance"]
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                return  # still going down or coming back: at a later update
+            if instance in self.killed_servers:
+                return
+            self.killed_servers.add(instance)
+        ray.kill(actor, no_restart=last)
         self.done.append((update["applied"], target))
 
 
