@@ -17,7 +17,7 @@ def abray(*args, cwd):
 def test_train_from_flags_writes_tidy_csv_with_progress(tmp_path):
     out = tmp_path / "m.csv"
     res = abray("train", "--optimizer", "ab", "--delay", "3", "--epochs", "2", "--rho", "1.0", "--lr", "0.03",
-                "--output", str(out), cwd=tmp_path)
+                "--output", str(out), "--no-advise", cwd=tmp_path)  # the advice has tests of its own
     assert res.returncode == 0, res.stderr
     assert "step/s" in res.stderr and "epoch   2" in res.stdout  # progress bar, per-epoch lines
     frame = pd.read_csv(out)
@@ -30,7 +30,7 @@ def test_train_from_flags_writes_tidy_csv_with_progress(tmp_path):
 def test_train_from_yaml_with_flag_override_writes_parquet(tmp_path):
     (tmp_path / "run.yaml").write_text("optimizer: sgdm\ndelay: 2\nepochs: 1\nseed: 5\nbatch_size: 64\n")
     out = tmp_path / "m.parquet"
-    res = abray("train", "--config", "run.yaml", "--seed", "7", "--output", str(out), cwd=tmp_path)
+    res = abray("train", "--config", "run.yaml", "--seed", "7", "--output", str(out), "--no-advise", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     frame = pd.read_parquet(out)
     assert frame.optimizer.tolist() == ["sgdm"] and frame.seed.tolist() == [7] and frame.batch_size.tolist() == [64]
