@@ -5,12 +5,14 @@ import numpy as np
 import pytest
 import torch
 
+from abray.optim.methods import METHODS
 from abray.training.checkpoints import CheckpointError, remove_folder
 from abray.training.config import parse_config
 from abray.training.data import digits
 from abray.training.flat import FlatLayout, flat_gradient
 from abray.training.models import build_model
 from abray.training.parameter_server import ParameterServerState
+from support.runs import simulate
 
 DATA = digits()
 STEPS_PER_EPOCH = len(DATA.train) // 64  # 22
@@ -203,3 +205,46 @@ def test_free_mode_weight_prediction_looks_ahead_by_the_measured_staleness():
     expected = state.flat - lr * horizon * velocity  # w - lr * staleness * v
     assert not torch.allclose(expected, state.flat)
     np.testing.assert_allclose(work["weights"], expected.numpy(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("optimizer", sorted(METHODS))
+def test_every_method_on_the_server_in_fixed_mode_is_the_simulators_update_for_update(optimizer):
+    # each peer's delay-aware parts (the staleness it is told, the weights the gradient came from, the predicted
+    # weights it is computed on) as the parameter server supplies them, against the simulator's
+    # the predicting methods at a constant lr: under a schedule the simulator predicts with the lr before its
+    # scheduler steps and the server with the lr after (a known difference, about 1e-4 in the weights here)
+    schedule = {"schedule": "constant", "warmup_epochs": 0} if METHODS[optimizer].predicts else {}
+    cfg = config(optimizer=optimizer, epochs=1, delay=3, lr=0.05, **schedule)
+    state = server(cfg)
+    run_to_the_end(state, Worker(cfg))
+    _, weights = simulate(cfg, DATA)
+    assert state.applied_steps == list(range(STEPS_PER_EPOCH))
+    assert state.staleness == [min(t, 3) for t in range(STEPS_PER_EPOCH)]
+    np.testing.assert_allclose(state.flat.numpy(), weights, rtol=0, atol=1e-5)
+
+
+def test_a_non_finite_loss_ends_a_fixed_delay_run_at_its_step_which_is_not_applied():
+    cfg = config(epochs=1)
+    state, worker = server(cfg), Worker(cfg)
+    works = [state.next_work() for _ in range(3)]  # steps 0, 1, 2 (D = 2: all on version 0)
+    state.receive(*worker(works[0]))
+    lease, grad, _, buffers = worker(works[2])  # step 2's loss comes back not finite, before step 1's result
+    weights = state.flat.clone()
+    epochs = state.receive(lease, grad, float("nan"), buffers)
+    assert state.done and state.diverged_step == 2 and state.applied == 1 and state.applied_steps == [0]
+    assert torch.equal(state.flat, weights)  # the diverged step changed nothing
+    assert len(epochs) == 1 and epochs[0].diverged and epochs[0].diverged_step == 2 and epochs[0].steps == 1
+    assert state.receive(*worker(works[1])) == []  # nor does step 1, arriving after the end
+    assert state.next_work() is None and state.receive(*worker(works[2])) == []  # a run that ended takes nothing
+
+
+def test_a_non_finite_loss_ends_a_free_run_at_the_number_of_updates_applied():
+    cfg = config(mode="free", epochs=1)
+    state, worker = server(cfg), Worker(cfg)
+    results = [worker(state.next_work()) for _ in range(4)]
+    for result in (results[0], results[1], results[3]):  # applied on arrival, in any order
+        state.receive(*result)
+    lease, grad, _, buffers = results[2]
+    epochs = state.receive(lease, grad, float("inf"), buffers)  # step 2, after 3 updates: diverged at update 3
+    assert state.done and state.diverged_step == 3 == state.applied and state.applied_steps == [0, 1, 3]
+    assert [(m.epoch, m.diverged, m.diverged_step) for m in epochs] == [(1, True, 3)]
