@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from abray.service.cluster import answers, free_port
+from support import make
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # a shell, Ray, the service
@@ -60,10 +61,7 @@ def clone_of_repository(dest: Path) -> Path:
 
 def demo_recipe(repo: Path) -> list[str]:
     """`make demo`'s commands after the install, as make itself prints them."""
-    done = subprocess.run(["make", "-n", "-o", ".venv/.installed", "demo", f"PY={sys.executable}",
-                           "DEMO_FLAGS=--epochs 1"], cwd=repo, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    recipe = [line for line in done.stdout.splitlines() if line.strip()]
+    recipe = make.dry_run(["-o", ".venv/.installed", "demo", f"PY={sys.executable}", "DEMO_FLAGS=--epochs 1"], repo)
     assert recipe and not any("pip install" in line or "-m venv" in line for line in recipe), recipe
     return recipe
 

@@ -70,7 +70,16 @@ class ABSGD(Optimizer):
         granularity: where the cosine is taken: ``"tensor"`` (per parameter tensor), ``"global"``
             (one cosine over all parameters of the group), ``"element"`` (``sign(g * v)`` per coordinate).
         eps: added to ``||g|| ||v||`` so that a zero gradient or velocity gives ``c = 0`` (> 0).
-        foreach: use the multi-tensor kernel; ``None`` picks it when every parameter is on CUDA.
+        foreach: use the multi-tensor kernel (``None``, the default, picks it: the faster path on every
+            device); ``False`` runs the single-tensor reference loop.
+        track_braking: count, at every step, the tensors braked and those whose factor ``1 - rho * c`` was
+            below 0 (coordinates for ``"element"``) into :attr:`braking_stats`; off by default (no cost).
+
+    Attributes:
+        braking_stats: the running counts while ``track_braking`` is on: ``"tensors"`` and ``"reversed"``
+            (``"elements"`` and ``"reversed_elements"`` for element granularity), ints or 0-dim device
+            tensors (kept on an accelerator to avoid a sync at each step). :meth:`reset_braking_stats` reads
+            them as ints and starts again from zero.
     """
 
     def __init__(
@@ -84,6 +93,7 @@ class ABSGD(Optimizer):
         granularity: str = DEFAULT_GRANULARITY,
         eps: float = 1e-8,
         foreach: Optional[bool] = None,
+        track_braking: bool = False,
     ):
         defaults = dict(
             lr=lr,
@@ -97,6 +107,14 @@ class ABSGD(Optimizer):
         )
         check_hyperparameters(**{k: v for k, v in defaults.items() if k != "foreach"})
         super().__init__(params, defaults)
+        self.track_braking = track_braking
+        self.braking_stats: dict[str, Any] = {}
+
+    def reset_braking_stats(self) -> dict[str, int]:
+        """The counts since the last reset, as ints (one sync on an accelerator); the counting starts again."""
+        counts = {key: int(value) for key, value in self.braking_stats.items()}
+        self.braking_stats.clear()
+        return counts
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
@@ -112,15 +130,19 @@ class ABSGD(Optimizer):
                 loss = closure()
 
         for group in self.param_groups:
-            params, grads, bufs = [], [], []
+            params, grads, states, bufs = [], [], [], []
             for p in group["params"]:
-                if p.grad is None:
+                grad = p.grad
+                if grad is None:
                     continue
-                if p.grad.is_sparse:
+                if grad.is_sparse:
                     raise RuntimeError("ABSGD does not support sparse gradients")
+                state = self.state[p]
                 params.append(p)
-                grads.append(p.grad)
-                bufs.append(self.state[p].get("momentum_buffer"))
+                grads.append(grad)
+                states.append(state)
+                bufs.append(state.get("momentum_buffer"))
+            before = bufs.copy()
 
             absgd(
                 params,
@@ -134,8 +156,9 @@ class ABSGD(Optimizer):
                 granularity=group["granularity"],
                 eps=group["eps"],
                 foreach=group["foreach"],
+                stats=self.braking_stats if self.track_braking else None,
             )
-            if group["momentum"] != 0:
-                for p, buf in zip(params, bufs):
-                    self.state[p]["momentum_buffer"] = buf
+            for state, old, new in zip(states, before, bufs):
+                if new is not old:  # a new buffer, or a view into the kernel's flat block
+                    state["momentum_buffer"] = new
         return loss

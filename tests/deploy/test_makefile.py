@@ -1,10 +1,11 @@
 """The Makefile's two commands, as `make -n` (a dry run: it prints the recipes and runs nothing) shows them."""
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+
+from support import make
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow  # runs make
@@ -13,9 +14,7 @@ pytestmark = pytest.mark.slow  # runs make
 def dry_run(target: str, tmp_path: Path) -> list[str]:
     for name in ("Makefile", "pyproject.toml"):
         shutil.copy(ROOT / name, tmp_path / name)
-    done = subprocess.run(["make", "-n", "-B", target], cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.splitlines()
+    return make.dry_run(["-B", target], tmp_path)
 
 
 def test_make_demo_installs_abray_alone_with_progress_and_then_runs_the_demo(tmp_path):
