@@ -2,7 +2,10 @@
 become which, what each move stamps, what a cancel does in each status, and what the driver's writes add up to in
 `progress`, counted here by hand."""
 
+from datetime import timedelta
+
 import pytest
+from sqlalchemy import update
 
 from abray.service import store
 
@@ -58,11 +61,12 @@ def test_the_driver_is_recorded_on_its_own_job_only(sessions):
     assert (job(sessions, other).driver_pid, job(sessions, other).driver_host) == (None, None)
 
 
-def test_a_heartbeat_stamps_only_a_running_job_and_answers_whether_to_cancel(sessions):
-    running, queued = new_job(sessions, "running"), new_job(sessions)
+def test_a_heartbeat_stamps_only_its_own_running_job_and_answers_whether_to_cancel(sessions):
+    running, queued, other = new_job(sessions, "running"), new_job(sessions), new_job(sessions, "running")
     before = store.utcnow()
     assert act(sessions, store.heartbeat, running) is False
     assert before <= store.aware(job(sessions, running).heartbeat_at) <= store.utcnow()
+    assert job(sessions, other).heartbeat_at is None
     assert act(sessions, store.heartbeat, queued) is False and job(sessions, queued).heartbeat_at is None
     assert act(sessions, store.request_cancel, running) == "requested"
     assert act(sessions, store.heartbeat, running) is True
@@ -131,8 +135,9 @@ def report(epoch: int, accuracy: float, diverged: bool = False) -> dict:
 
 
 def test_progress_counts_each_trial_by_its_status_and_only_finished_divergences(sessions):
-    job_id, other = new_job(sessions, "running", total_trials=9), new_job(sessions, "running", total_trials=2)
+    job_id, other = new_job(sessions, "running", total_trials=10), new_job(sessions, "running", total_trials=2)
     trials = {"ok": ("succeeded", [0.5, 0.9], False), "wild": ("succeeded", [0.1], True),
+              "wilder": ("succeeded", [0.1, 0.1], True),
               "now": ("running", [0.2, 0.3, 0.4], False), "bad": ("failed", [], False),
               "wild-running": ("running", [0.1], True), "stop": ("cancelled", [0.2], False)}
     for trial_id, (status, accuracies, diverged) in trials.items():
@@ -140,12 +145,12 @@ def test_progress_counts_each_trial_by_its_status_and_only_finished_divergences(
         for n, accuracy in enumerate(accuracies, 1):
             act(sessions, store.record_epoch, job_id, trial_id, report(n, accuracy, diverged and n == len(accuracies)))
         act(sessions, store.record_trial, job_id, trial_id, {}, status)
-    act(sessions, store.record_trial, other, "x", {}, "succeeded")
-    act(sessions, store.record_epoch, other, "x", report(1, 0.7))
+    act(sessions, store.record_trial, other, "ok", {}, "succeeded")  # the same trial id in another job
+    act(sessions, store.record_epoch, other, "ok", report(1, 0.7))
 
     epochs = sum(len(a) for _, a, _ in trials.values())
-    expected = {"total": 9, "done": 2, "running": 2, "failed": 1, "cancelled": 1, "diverged": 1,
-                "pending": 9 - 2 - 2 - 1 - 1, "epochs": epochs}
+    expected = {"total": 10, "done": 3, "running": 2, "failed": 1, "cancelled": 1, "diverged": 2,
+                "pending": 10 - 3 - 2 - 1 - 1, "epochs": epochs}
     with sessions() as session:
         jobs = [session.get(store.Job, job_id), session.get(store.Job, other)]
         assert store.progress(session, jobs[0]) == expected
@@ -158,6 +163,25 @@ def test_progress_counts_each_trial_by_its_status_and_only_finished_divergences(
         wild = session.get(store.Trial, (job_id, "wild"))
         assert wild.diverged is True and wild.test_accuracy == 0.1 and wild.epochs_reported == 1
         assert session.get(store.Trial, (job_id, "now")).test_accuracy == 0.4  # the latest epoch's
+        assert session.get(store.Trial, (job_id, "ok")).epochs_reported == 2
+        assert session.get(store.Trial, (job_id, "ok")).test_accuracy == 0.9
+
+
+def test_every_write_to_a_trial_stamps_it(sessions):
+    job_id = new_job(sessions, "running")
+    act(sessions, store.record_trial, job_id, "t", {}, "running")
+
+    def stamped_by(action, *args):
+        with sessions.begin() as session:
+            session.execute(update(store.Trial).values(updated_at=store.utcnow() - timedelta(hours=1)))
+        before = store.utcnow()
+        act(sessions, action, *args)
+        with sessions() as session:
+            return before <= store.aware(session.get(store.Trial, (job_id, "t")).updated_at) <= store.utcnow()
+
+    assert stamped_by(store.record_trial, job_id, "t", {}, "running")
+    assert stamped_by(store.record_epoch, job_id, "t", report(1, 0.5))
+    assert stamped_by(store.close_trials, job_id, "failed")
 
 
 def test_more_trials_than_announced_leave_none_pending(sessions):

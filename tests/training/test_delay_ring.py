@@ -100,3 +100,11 @@ def test_apply_gradients_sets_the_gradients_tells_the_optimizer_and_steps():
     plain = torch.zeros(1, requires_grad=True)  # an optimizer without `prepare` just steps
     apply_gradients(torch.optim.SGD([plain], lr=0.5), [plain], [torch.ones(1)], 3, [torch.zeros(1)])
     assert plain.tolist() == [-0.5]
+
+
+def test_without_prediction_the_ring_keeps_the_weights_themselves():
+    w = torch.zeros(1, requires_grad=True)
+    updates = DelayedUpdates([w], torch.optim.SGD([w], lr=1.0, momentum=0.5), delay=1)
+    updates.apply([torch.ones(1)])  # v = 1, w = -1: version 1
+    updates.apply([torch.ones(1)])  # v = 1.5, w = -2.5: version 2
+    assert updates.stale()[0].item() == -1.0  # version 1 as it was (predicted: -1 - lr D v = -2)

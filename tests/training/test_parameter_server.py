@@ -9,7 +9,7 @@ from abray.optim.methods import METHODS
 from abray.training.checkpoints import CheckpointError, remove_folder
 from abray.training.config import parse_config
 from abray.training.data import digits
-from abray.training.flat import FlatLayout, flat_gradient
+from abray.training.flat import FlatLayout, flat_gradient, model_buffers
 from abray.training.models import build_model
 from abray.training.parameter_server import ParameterServerState
 from support.runs import simulate
@@ -248,3 +248,64 @@ def test_a_non_finite_loss_ends_a_free_run_at_the_number_of_updates_applied():
     epochs = state.receive(lease, grad, float("inf"), buffers)  # step 2, after 3 updates: diverged at update 3
     assert state.done and state.diverged_step == 3 == state.applied and state.applied_steps == [0, 1, 3]
     assert [(m.epoch, m.diverged, m.diverged_step) for m in epochs] == [(1, True, 3)]
+
+
+def test_each_start_names_its_leases_apart_and_a_run_without_a_checkpoint_starts_afresh(tmp_path):
+    cfg = config(mode="free")
+    first, second = server(cfg, tmp_path), server(cfg, tmp_path)  # a run and its restart, before any checkpoint
+    lease = first.next_work()["lease"]
+    assert second.next_work()["lease"] != lease and not second.holds(lease)
+    assert first.fail(second.next_work()["lease"], "not mine") is True and first.failure is None
+    assert second.restore() is False and server(cfg).restore() is False  # nothing saved; no storage at all
+
+
+def test_free_mode_keeps_only_the_versions_outstanding_work_needs_and_hands_out_no_step_past_the_end():
+    cfg = config(mode="free", epochs=1, optimizer="lwp")
+    state, worker = server(cfg), Worker(cfg)
+    assert state.prediction_horizon() == 0.0  # no update measured yet: the weights as they are
+    works = [state.next_work() for _ in range(2)]
+    assert [w["version"] for w in works] == [0, 0]
+    state.receive(*worker(works[0]))
+    assert sorted(state.versions) == [0]  # version 1 is made when a step is handed out on it, not before
+    state.receive(*worker(works[1]))
+    assert sorted(state.versions) == []
+    while state.next_step < STEPS_PER_EPOCH:
+        state.next_work()
+    assert state.next_work() is None and not state.done  # every step handed out, none applied yet
+
+
+def test_fixed_mode_reports_an_epoch_that_ends_inside_a_run_of_buffered_steps():
+    cfg = config(epochs=2)  # D = 2
+    state, worker = server(cfg), Worker(cfg)
+    while state.applied < STEPS_PER_EPOCH - 2:
+        state.receive(*worker(state.next_work()))
+    last_two, first_of_next = [worker(state.next_work()) for _ in range(2)], worker(state.next_work())
+    assert state.receive(*last_two[1]) == [] and state.receive(*first_of_next) == []  # early: buffered
+    epochs = state.receive(*last_two[0])  # applies the epoch's last two steps and the next epoch's first
+    assert [m.epoch for m in epochs] == [1] and state.applied == STEPS_PER_EPOCH + 1
+
+
+class BufferWorker(Worker):
+    """A worker of a BatchNorm model, which sends its running statistics back as the Ray worker does."""
+
+    def __call__(self, work):
+        lease, grad, loss, _ = super().__call__(work)
+        return lease, grad, loss, {k: v + 1.0 for k, v in model_buffers(self.model).items()} if work["buffers"] else None
+
+
+@pytest.mark.parametrize("mode", ["distributed", "free"])
+def test_a_batchnorm_models_statistics_go_out_with_the_work_and_come_back_for_the_evaluation(mode):
+    cfg = config(mode=mode, epochs=1, model="digits_cnn_bn")
+    state, worker = server(cfg), BufferWorker(cfg)
+    first = state.next_work()
+    initial = model_buffers(build_model("digits_cnn_bn", DATA.num_classes))
+    assert first["buffers"].keys() == initial.keys() and any("running_var" in k for k in initial)
+    assert all(np.array_equal(first["buffers"][k], initial[k]) for k in initial)
+    _, _, _, sent = result = worker(first)
+    state.receive(*result)
+    second = state.next_work()
+    assert all(np.array_equal(second["buffers"][k], sent[k]) for k in sent)  # the latest statistics
+    run_to_the_end(state, worker, [worker(second)])
+    evaluated = model_buffers(state.model)
+    assert all(np.array_equal(evaluated[k], state.buffers[k]) for k in evaluated)
+    assert not all(np.array_equal(evaluated[k], initial[k]) for k in evaluated)
