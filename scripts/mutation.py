@@ -56,8 +56,10 @@ MODULES = {
                     STATE_MACHINE),
     "peers": Module("abray/optim/peers.py", ("tests/optim/test_peers.py",)),
     "prediction": Module("abray/optim/prediction.py", ("tests/optim/test_peers.py",)),
-    "functional": Module("abray/optim/functional.py", ("tests/optim/test_absgd.py", "tests/optim/test_braking.py")),
-    "absgd": Module("abray/optim/absgd.py", ("tests/optim/test_absgd.py", "tests/optim/test_braking.py")),
+    "functional": Module("abray/optim/functional.py", ("tests/optim/test_absgd.py", "tests/optim/test_braking.py",
+                                                       "tests/optim/test_absgd_kernel.py")),
+    "absgd": Module("abray/optim/absgd.py", ("tests/optim/test_absgd.py", "tests/optim/test_braking.py",
+                                             "tests/optim/test_absgd_kernel.py")),
     "parameter_server": Module("abray/training/parameter_server.py", ("tests/training/test_parameter_server.py",),
                                ("xǁParameterServerStateǁ*",)),
 }
