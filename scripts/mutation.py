@@ -54,7 +54,7 @@ MODULES = {
     "summary": Module("abray/results/summary.py", ("tests/results/test_summary.py",)),
     "store": Module("abray/service/store.py", ("tests/service/test_job_states.py", "tests/service/test_store.py"),
                     STATE_MACHINE),
-    "peers": Module("abray/optim/peers.py", ("tests/optim/test_peers.py",)),
+    "peers": Module("abray/optim/peers.py", ("tests/optim/test_peers.py", "tests/optim/test_peers_by_hand.py")),
     "prediction": Module("abray/optim/prediction.py", ("tests/optim/test_peers.py",)),
     "functional": Module("abray/optim/functional.py", ("tests/optim/test_absgd.py", "tests/optim/test_braking.py",
                                                        "tests/optim/test_absgd_kernel.py")),
