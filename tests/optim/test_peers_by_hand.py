@@ -81,3 +81,14 @@ def test_before_any_prepare_a_peer_uses_its_delay_and_no_source():
     assert one_step(DCASGD, delay=3) == pytest.approx(1.0 - 0.4 * 2.0)  # nothing to compensate: SGDM
     assert one_step(DCASGD, prepare=(2, None), delay=3) == pytest.approx(1.0 - 0.4 * 2.0)  # told, but no source
     assert one_step(StalenessAwareSGD, prepare=(1, None), delay=3) == pytest.approx(1.0 - 0.4 / 2 * 2.0)
+
+
+def test_predicted_weights_by_hand():
+    from abray.optim.prediction import predicted_weights
+
+    w, fresh = torch.tensor([1.0, -1.0], dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    opt = torch.optim.SGD([{"params": [w], "lr": 0.1}, {"params": [fresh], "lr": 0.5}], momentum=0.9)
+    opt.state[w]["momentum_buffer"] = torch.tensor([2.0, 4.0], dtype=torch.float64)
+    ahead, same = predicted_weights(opt, [w, fresh], 3)  # fresh has no velocity yet: predicted as it is
+    assert ahead.tolist() == pytest.approx([1.0 - 0.1 * 3 * 2.0, -1.0 - 0.1 * 3 * 4.0]) and same.tolist() == [0.0]
+    assert predicted_weights(opt, [w], 0)[0].tolist() == [1.0, -1.0]

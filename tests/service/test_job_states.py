@@ -81,7 +81,8 @@ def test_a_cancel_ends_a_queued_job_at_once_asks_a_running_one_and_leaves_a_fini
 
     assert act(sessions, store.request_cancel, running) == "requested"
     first = job(sessions, running).cancel_requested_at
-    assert job(sessions, running).status == "running" and first is not None and job(sessions, running).finished_at is None
+    assert job(sessions, running).status == "running" and first is not None
+    assert job(sessions, running).finished_at is None
     assert act(sessions, store.request_cancel, running) == "requested"
     assert job(sessions, running).cancel_requested_at == first  # asked again: the first request's time stays
 
