@@ -142,6 +142,8 @@ def test_concurrent_submissions_all_land_exactly_once(ray_cluster, tmp_path):
             assert [j["id"] for j in listed["items"]] == sorted(set(ids), reverse=True)  # newest first
             page = client.get("/jobs", params={"limit": 20, "offset": 40}).json()
             assert len(page["items"]) == 10 and page["total"] == 50
+            assert client.get("/jobs", params={"status": "queued"}).json()["total"] == 50
+            assert client.get("/jobs", params={"status": "running"}).json()["total"] == 0
             # no job ever starts here, so a cancel always finds one queued: cancelled at once (200), never run;
             # a second cancel is a conflict
             cancelled = client.post(f"/jobs/{ids[0]}/cancel")
@@ -149,8 +151,6 @@ def test_concurrent_submissions_all_land_exactly_once(ray_cluster, tmp_path):
             assert cancelled.json()["status"] == "cancelled" and cancelled.json()["started_at"] is None
             again = client.post(f"/jobs/{ids[0]}/cancel")
             assert again.status_code == 409 and "already finished (cancelled)" in again.json()["detail"]
-            assert client.get("/jobs", params={"status": "queued"}).json()["total"] == 50
-            assert client.get("/jobs", params={"status": "running"}).json()["total"] == 0
     finally:
         server.stop()
 
