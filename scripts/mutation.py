@@ -92,6 +92,9 @@ def prepare(module: Module, workdir: Path, fresh: bool) -> None:
         "also_copy": ["api/", "dashboards/"],
         "pytest_add_cli_args_test_selection": list(module.tests),
         "pytest_add_cli_args": ["-p", "no:cacheprovider", "-q", "-m", "not slow"],
+        # a mutant that loops for ever is stopped after 10x its tests' time, counted in CPU seconds of its one
+        # thread (mutmut's default, 30x, lets one that hangs the optimizer's tests run for 20 minutes)
+        "timeout_multiplier": 5.0,
     }
     pyproject = (ROOT / "pyproject.toml").read_text()
     section = "\n[tool.mutmut]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in config.items())
@@ -101,6 +104,8 @@ def prepare(module: Module, workdir: Path, fresh: bool) -> None:
 def run(module: Module, workdir: Path, jobs: int) -> None:
     # the copy's own code, never the checkout's: no PYTHONPATH into the checkout, and mutmut puts mutants/ first
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # one thread per test process: torch's thread pools would count their CPU time against the mutant's limit
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs), *module.patterns()]
     done = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
     if done.returncode != 0:

@@ -296,3 +296,47 @@ def test_braking_counts_are_off_by_default():
         w.grad = torch.ones(2)
         opt.step()
     assert opt.braking_stats == {} and opt.reset_braking_stats() == {}
+
+
+@pytest.mark.parametrize("foreach", PATHS)
+def test_global_braking_counts_with_large_tensors_and_missing_velocities_by_hand(foreach):
+    n = FLAT_MAX_NUMEL_CPU + 1  # "big": stepped on its own by the foreach path
+    # small [2, 0] with v [1, 0]; small [1, 1] without; big ones with v = ones; big without: <g, v> = 2 + n,
+    # ||g||^2 = 4 + 2 + 2n, ||v||^2 = 1 + n: c = 0.7071, so rho 1.5 reverses (factor -0.06) and rho 1 does not
+    grads, velocities = [[2.0, 0.0], [1.0, 1.0], "big", "big"], [[1.0, 0.0], None, "big", None]
+    c = (2 + n) / math.sqrt((6 + 2 * n) * (1 + n))
+    assert 1 - 1.5 * c < 0 < 1 - 1.0 * c
+    for rho, reversed_ in [(1.5, 2), (1.0, 0)]:  # braked: the two with a velocity
+        assert braking_counts(as_tensors(grads), as_tensors(velocities), rho=rho, granularity="global",
+                              foreach=foreach) == {"tensors": 2, "reversed": reversed_}
+    # only big tensors (no flat block at all), one with a velocity: c = n / sqrt(2n * n)
+    assert braking_counts(as_tensors(["big", "big"]), as_tensors(["big", None]), rho=1.5, granularity="global",
+                          foreach=foreach) == {"tensors": 1, "reversed": 1}
+
+
+@pytest.mark.parametrize("foreach", PATHS)
+def test_a_factor_of_exactly_zero_is_not_counted_as_reversed(foreach):
+    # g = v: c = 1 exactly with eps 0, so rho 1 gives factor 0, which stops the tensor but does not reverse it
+    for granularity in ("tensor", "global"):
+        stats = {}
+        absgd([torch.zeros(2)], [torch.tensor([1.0, 0.0])], [torch.tensor([1.0, 0.0])], lr=0.1, momentum=0.9,
+              weight_decay=0.0, nesterov=False, rho=1.0, granularity=granularity, eps=0.0, foreach=foreach,
+              stats=stats)
+        assert stats == {"tensors": 1, "reversed": 0}, granularity
+
+
+def test_the_multi_tensor_path_is_the_default():
+    # its flat block holds the small tensors' velocities, which become views of one buffer
+    def velocities(**kw):
+        params = [torch.zeros(3, requires_grad=True), torch.zeros(2, requires_grad=True)]
+        opt = ABSGD(params, lr=0.1, rho=0.5, **kw)
+        for _ in range(2):
+            for p in params:
+                p.grad = torch.ones_like(p)
+            opt.step()
+        return [opt.state[p]["momentum_buffer"].untyped_storage().data_ptr() for p in params]
+
+    first, second = velocities()
+    assert first == second and velocities(foreach=True)[0] == velocities(foreach=True)[1]
+    separate = velocities(foreach=False)
+    assert separate[0] != separate[1]
