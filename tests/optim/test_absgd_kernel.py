@@ -340,3 +340,29 @@ def test_the_multi_tensor_path_is_the_default():
     assert first == second and velocities(foreach=True)[0] == velocities(foreach=True)[1]
     separate = velocities(foreach=False)
     assert separate[0] != separate[1]
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_a_factor_kept_on_the_device_steps_like_a_python_float(nesterov):
+    # a large tensor on an accelerator gets its factor as a 0-dim tensor; by hand: v = 0.9 * 1 + 0.5 * 2 = 1.9,
+    # w = 1 - 0.1 * 1.9, or with Nesterov 1 - 0.1 * (0.5 * 2 + 0.9 * 1.9)
+    from abray.optim.functional import _step_tensor
+
+    expected = 1 - 0.1 * ((0.5 * 2 + 0.9 * 1.9) if nesterov else 1.9)
+    for factor in (0.5, torch.tensor(0.5)):
+        param, buf = torch.ones(3), torch.ones(3)
+        _step_tensor(param, torch.full((3,), 2.0), buf, factor, lr=0.1, momentum=0.9, nesterov=nesterov)
+        assert buf.tolist() == pytest.approx([1.9] * 3) and param.tolist() == pytest.approx([expected] * 3)
+
+
+@pytest.mark.parametrize("foreach", PATHS)
+def test_without_braking_a_weight_decay_of_one_is_torch_sgd_bit_for_bit(foreach):
+    ours, theirs = [torch.tensor([1.0, -2.0], requires_grad=True)], [torch.tensor([1.0, -2.0], requires_grad=True)]
+    a = ABSGD(ours, lr=0.1, momentum=0.9, weight_decay=1.0, rho=0.0, foreach=foreach)
+    b = torch.optim.SGD(theirs, lr=0.1, momentum=0.9, weight_decay=1.0, foreach=foreach)
+    for _ in range(3):
+        for p in ours + theirs:
+            p.grad = torch.tensor([0.5, 0.25])
+        a.step()
+        b.step()
+    assert torch.equal(ours[0], theirs[0]) and ours[0].tolist() != [1.0, -2.0]
