@@ -4,11 +4,14 @@ share of mutants the tests kill is printed per module, with every survivor's dif
     python scripts/mutation.py                 # every module, one after another
     python scripts/mutation.py staleness store # some of them
     python scripts/mutation.py --list          # the modules, their code and their tests
+    python scripts/mutation.py --report        # the scores of the last run again, running nothing
 
 Each module runs in a scratch copy of the checkout (--workdir, default $TMPDIR/abray-mutation/<module>), so the
-working tree gets no `mutants/` folder and two modules never share mutmut's state. A rerun is incremental: mutmut
-re-tests only mutants of functions whose code changed, so after changing *tests* pass --fresh. The run is niced and
-uses one test process at a time (--jobs). Results, and why each survivor is an equivalent mutant: docs/testing.md.
+working tree gets no `mutants/` folder and two modules never share mutmut's state. mutmut keeps its results there:
+a whole module's rerun re-tests only the mutants of functions whose code changed, so after changing *tests* pass
+--fresh (the modules scored in part, store and parameter_server, are re-tested in full every time). The run is
+niced, single-threaded, and uses one test process at a time (--jobs). Results, and why each survivor is an
+equivalent mutant: docs/testing.md.
 """
 
 from __future__ import annotations
@@ -40,6 +43,11 @@ class Module:
 
     def patterns(self) -> list[str]:
         return [f"{self.dotted}.{pattern}" for pattern in self.only]
+
+    def selection(self) -> list[str]:
+        """What to name on mutmut's command line: nothing for a whole module (mutmut then skips mutants it has a
+        result for), its part's patterns otherwise (mutmut re-tests every mutant it is given by name)."""
+        return [] if self.only == ("*",) else self.patterns()
 
 
 STATE_MACHINE = ("x__move__*", "x_claim__*", "x_set_driver__*", "x_heartbeat__*", "x_request_cancel__*", "x_finish__*",
@@ -106,7 +114,7 @@ def run(module: Module, workdir: Path, jobs: int) -> None:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     # one thread per test process: torch's thread pools would count their CPU time against the mutant's limit
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs), *module.patterns()]
+    cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs), *module.selection()]
     done = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"mutmut failed ({done.returncode}) in {workdir}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
@@ -137,6 +145,7 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="test processes at once (default 1)")
     parser.add_argument("--fresh", action="store_true", help="forget earlier results (needed after changing tests)")
     parser.add_argument("--list", action="store_true", help="list the modules and exit")
+    parser.add_argument("--report", action="store_true", help="print the scores of the last run, running nothing")
     args = parser.parse_args(argv)
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
@@ -150,9 +159,10 @@ def main(argv=None) -> int:
     rows, survivors = [], []
     for name in args.modules or list(MODULES):
         module, workdir = MODULES[name], args.workdir / name
-        print(f"{name}: mutating {module.source} against {' '.join(module.tests)}", flush=True)
-        prepare(module, workdir, args.fresh)
-        run(module, workdir, args.jobs)
+        if not args.report:
+            print(f"{name}: mutating {module.source} against {' '.join(module.tests)}", flush=True)
+            prepare(module, workdir, args.fresh)
+            run(module, workdir, args.jobs)
         found = statuses(module, workdir)
         done = {k: s for k, s in found.items() if s not in NOT_RUN}
         killed = sum(s in KILLED for s in done.values())
