@@ -11,7 +11,8 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from abray.optim import ABSGD, absgd, cosines
-from abray.optim.functional import FLAT_MAX_NUMEL_CPU
+from abray.optim.functional import (FLAT_MAX_NUMEL_ACCELERATOR, FLAT_MAX_NUMEL_CPU, brake,
+                                    flat_max_numel)
 
 PATHS = [pytest.param(False, id="single-tensor"), pytest.param(True, id="foreach")]
 GRANULARITIES = ["tensor", "global", "element"]
@@ -337,7 +338,9 @@ def test_the_multi_tensor_path_is_the_default():
         return [opt.state[p]["momentum_buffer"].untyped_storage().data_ptr() for p in params]
 
     first, second = velocities()
-    assert first == second and velocities(foreach=True)[0] == velocities(foreach=True)[1]
+    assert first == second
+    first, second = velocities(foreach=True)
+    assert first == second
     separate = velocities(foreach=False)
     assert separate[0] != separate[1]
 
@@ -366,3 +369,74 @@ def test_without_braking_a_weight_decay_of_one_is_torch_sgd_bit_for_bit(foreach)
         a.step()
         b.step()
     assert torch.equal(ours[0], theirs[0]) and ours[0].tolist() != [1.0, -2.0]
+
+
+def test_the_functional_helpers_defaults_and_their_refusal():
+    g, v = [torch.tensor([1.0, 0.0])], [torch.tensor([1.0, 0.0])]
+    assert cosines(g, v)[0].item() == pytest.approx(1.0, abs=1e-7)  # per tensor, eps 1e-8
+    assert brake(g, v, rho=0.5)[0].tolist() == pytest.approx([0.5, 0.0], abs=1e-7)
+    assert [c.tolist() for c in cosines(g + g, v + [None], "element")] == [[1.0, 0.0], [0.0, 0.0]]
+    with pytest.raises(ValueError, match=r"granularity must be one of \('tensor', 'global', 'element'\), got 'layer'"):
+        cosines(g, v, "layer")
+
+
+@pytest.mark.parametrize("foreach", PATHS)
+def test_counts_when_nothing_is_braked_keep_each_granularitys_keys(foreach):
+    g, v = [[1.0, -2.0]], [[1.0, 1.0]]
+    assert braking_counts(as_tensors(g), as_tensors(v), rho=0.0, granularity="element", foreach=foreach) == {
+        "elements": 0, "reversed_elements": 0}
+    stats = {}
+    absgd([torch.zeros(2)], as_tensors(g), as_tensors(v), lr=0.1, momentum=0.0, weight_decay=0.0, nesterov=False,
+          rho=1.5, granularity="tensor", eps=1e-8, foreach=foreach, stats=stats)
+    assert stats == {"tensors": 0, "reversed": 0}  # no momentum, nothing to brake against
+
+
+@pytest.mark.parametrize("foreach", PATHS)
+def test_large_tensors_are_counted_per_element_and_a_fresh_one_skips_only_itself(foreach):
+    n = FLAT_MAX_NUMEL_CPU + 1
+    # g = v = ones: sign(g v) = 1 everywhere, so rho 1.5 reverses every element of the one with a velocity
+    assert braking_counts(as_tensors(["big", "big"]), as_tensors(["big", None]), rho=1.5, granularity="element",
+                          foreach=foreach) == {"elements": n, "reversed_elements": n}
+    # per tensor: the fresh one first, then one with a velocity (c = 1, reversed at rho 1.5)
+    assert braking_counts(as_tensors(["big", "big"]), as_tensors([None, "big"]), rho=1.5, granularity="tensor",
+                          foreach=foreach) == {"tensors": 1, "reversed": 1}
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "global"])
+def test_a_large_tensors_factor_of_exactly_zero_is_not_reversed(granularity):
+    g = torch.ones(FLAT_MAX_NUMEL_CPU + 1)
+    g[0] = 0.0  # 2^16 ones: ||g||^2 = 65536 = 256^2, so c = 1 exactly for v = g
+    stats = {}
+    absgd([torch.zeros_like(g)], [g], [g.clone()], lr=0.1, momentum=0.9, weight_decay=0.0, nesterov=False, rho=1.0,
+          granularity=granularity, eps=0.0, foreach=True, stats=stats)
+    assert stats == {"tensors": 1, "reversed": 0}
+
+
+def test_the_flat_blocks_size_limit_depends_on_the_device_and_a_tensor_at_the_limit_is_in_the_block():
+    assert flat_max_numel(torch.device("cpu")) == FLAT_MAX_NUMEL_CPU
+    assert flat_max_numel(torch.device("meta")) == FLAT_MAX_NUMEL_ACCELERATOR
+    params = [torch.zeros(FLAT_MAX_NUMEL_CPU, requires_grad=True), torch.zeros(FLAT_MAX_NUMEL_CPU + 1,
+                                                                                requires_grad=True)]
+    opt = ABSGD(params, lr=0.1, rho=0.5, foreach=True)
+    for _ in range(2):
+        for p in params:
+            p.grad = torch.ones_like(p)
+        opt.step()
+    at_limit, above = (opt.state[p]["momentum_buffer"] for p in params)
+    assert at_limit._base is not None and above._base is None  # a view of the block; a tensor of its own
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+def test_a_weight_decay_of_one_steps_alike_on_both_paths_for_small_and_large_tensors(granularity):
+    def trained(foreach):
+        params = [torch.full((3,), 0.5, requires_grad=True), torch.full((FLAT_MAX_NUMEL_CPU + 1,), 0.5,
+                                                                        requires_grad=True)]
+        opt = ABSGD(params, lr=0.1, rho=0.5, weight_decay=1.0, granularity=granularity, foreach=foreach)
+        for step in range(3):
+            for p in params:
+                p.grad = torch.full_like(p, 0.2 * (-1) ** step)
+            opt.step()
+        return params
+
+    for p, q in zip(trained(False), trained(True)):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
