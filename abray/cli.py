@@ -1,5 +1,5 @@
-"""The `abray` command line: train, sweep, results, demo (the README's main job), serve (the REST API), and the
-service's client: submit, jobs, job, cancel, fetch.
+"""The `abray` command line: train, advise (the lr advisor), sweep, results, demo (the README's main job), serve
+(the REST API), and the service's client: submit, jobs, job, cancel, fetch.
 
 A user's mistake (a bad config or spec, a missing folder, a cluster too small, a refused request) ends with a
 message and exit status 2 (1 for what the service or the network refused), never a traceback.
@@ -73,6 +73,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training.build import load_data
     from .training.parameter_server import TrainingFailed
     from .training.run import run
+    from .training.traps import history_warnings
 
     config = _config_from_args(args)
     if config.output is None:
@@ -81,6 +82,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = config.model_copy(update={"output": f"runs/{config.dataset}-{config.optimizer}-{delay}-"
                                                      f"seed{config.seed}-{stamp}.csv"})
     data = load_data(config)
+    _warn(_setup_warnings(config, data, advise=args.advise))
     total = len(data.train) // config.batch_size * config.epochs
     with tqdm(total=total, unit="step", desc=run_label(config), file=sys.stderr) as bar:
         def on_step(step, loss):
@@ -98,10 +100,51 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"abray train: the run failed: {err}", file=sys.stderr)
             return 1
     output = write_frame(epochs_frame(config.model_dump(), history), config.output)
+    _warn(history_warnings(config, history))
     last = history[-1]
     status = f"diverged at step {last.diverged_step}" if last.diverged else f"test accuracy {last.test_accuracy:.4f}"
     print(f"{run_label(config)}: {status} after {last.steps} steps")
     print(f"per-epoch metrics: {output.resolve()}")
+    return 0
+
+
+def _warn(lines) -> None:
+    for line in lines:
+        print(f"warning: {line}", file=sys.stderr)
+
+
+def _setup_warnings(config: TrainConfig, data, advise: bool) -> list[str]:
+    """The config's traps, and at a delay the advisor's verdict when `advise` and the model is small enough."""
+    from .training.traps import config_warnings
+
+    found = config_warnings(config)
+    if advise and config.delay > 0:
+        from .advisor import ADVICE_MAX_WEIGHTS, advise_config, delay_warning
+        from .training.models import build_model
+
+        if sum(p.numel() for p in build_model(config.model, data.num_classes).parameters()) <= ADVICE_MAX_WEIGHTS:
+            warning = delay_warning(config, advise_config(config, data, batches=4, iterations=30))
+            found += [warning] if warning else []
+    return found
+
+
+def cmd_advise(args: argparse.Namespace) -> int:
+    """The lr advisor: the largest stable lr for SGDM and AB at the config's delay, from the model's curvature."""
+    from .advisor import advise_config, delay_warning
+
+    config = _config_from_args(args)
+    if not 1 <= args.batches <= 1000 or not 1 <= args.iterations <= 10_000:
+        raise ConfigError("invalid advise options:\n  batches: must be in [1, 1000]\n  iterations: must be in "
+                          f"[1, 10000] (got batches={args.batches}, iterations={args.iterations})")
+    advice = advise_config(config, batches=args.batches, iterations=args.iterations)
+    print(f"{config.model} on {config.dataset}, initialised with seed {config.seed}, {args.batches} batches of "
+          f"{config.batch_size}:")
+    print("\n".join(advice.lines()))
+    advised = advice.lr_for(config.optimizer)
+    if advised is not None:
+        print(f"configured: {config.optimizer}, lr {config.lr:g} ({config.lr / advised:.2g}x the advised "
+              f"{advised:.3g})")
+    _warn([w for w in [delay_warning(config, advice)] if w])
     return 0
 
 
@@ -118,6 +161,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     spec = parse_spec(load_config_file(args.spec))
     export = _export_path(args.export)
+    _warn(spec.warnings())
     print(f"sweep {spec.options.name!r}: {spec.size} trials", flush=True)
     path = run_sweep(spec, resume=args.resume, write=lambda line: print(line, flush=True))
     if isinstance(path, str):
@@ -348,7 +392,18 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="one training run with a gradient delay (simulated, or on Ray)")
     train.add_argument("--config", help="YAML or JSON file with any of the fields below; flags override it")
     _add_config_flags(train)
+    train.add_argument("--no-advise", dest="advise", action="store_false",
+                       help="skip the lr advisor's check at a delay (it costs Hessian-vector products and, for AB, "
+                            "a simulation of its quadratic model)")
     train.set_defaults(func=cmd_train)
+
+    advise = sub.add_parser("advise", help="the largest stable lr for SGDM and AB at a delay (the lr advisor)")
+    advise.add_argument("--config", help="YAML or JSON file with any of the fields below; flags override it")
+    _add_config_flags(advise)
+    advise.add_argument("--batches", type=int, default=8,
+                        help="training batches the Hessian is taken over, 1 to 1000 (default: 8)")
+    advise.add_argument("--iterations", type=int, default=50, help="power iterations at most, 1 to 10000 (default: 50)")
+    advise.set_defaults(func=cmd_advise)
 
     sweep = sub.add_parser("sweep", help="a Ray Tune sweep from a YAML/JSON spec")
     sweep.add_argument("spec", help="a YAML or JSON sweep spec (README: Sweeps with Ray Tune)")

@@ -41,6 +41,8 @@ class JobOut(BaseModel):
     cancel_requested_at: Optional[datetime]
     error: Optional[str]
     spec: dict[str, Any]
+    warnings: list[str] = Field(default_factory=list, description="traps the spec's settings fall into (a warmup "
+                                "as long as the run, ...), as `abray train` warns; in the answer to a submission")
 
 
 class JobList(BaseModel):

@@ -18,6 +18,7 @@ LAYERS = [  # bottom first: (module prefix, what lives there)
     ("abray.optim", "the algorithm: ABSGD, kernels, peers, prediction, the method registry, delay and staleness"),
     ("abray.training", "one run: config, data, models, simulator, epochs, parameter server, Ray actors"),
     ("abray.theory", "the quadratic model"),
+    ("abray.advisor", "the lr advisor: curvature by Hessian-vector products, stable lrs from the quadratic model"),
     ("abray.results", "the tidy schema, reading experiments, summaries, plots, reports"),
     ("abray.sweeps", "sweep specs and their run on Ray Tune"),
     ("abray.service", "the job service's back end: store, scheduler, job driver, local cluster"),

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from abray.results.schema import CONFIG_COLUMNS, METRIC_COLUMNS
 from abray.service.cluster import answers, free_port
 from support import make
 
@@ -123,7 +124,8 @@ def test_the_quickstart_runs_as_written(tmp_path):
     assert len(list((repo / "runs").glob("digits-ab-D8-seed0-*.csv"))) == 1
     assert f"abray serve runs in the background: http://127.0.0.1:{port}" in out
     assert re.search(r"job 1 \(quickstart\): succeeded, 4/4 done", out), out[-3000:]
-    assert "[4 rows x 34 columns]" in out  # the DataFrame: 4 trials of 1 epoch, ids + config + metrics
+    columns = 1 + len(CONFIG_COLUMNS) + len(METRIC_COLUMNS)  # the DataFrame: 4 trials of 1 epoch, trial_id + ...
+    assert f"[4 rows x {columns} columns]" in out
     assert "stopping the local Ray head at" in out
     assert not answers(f"127.0.0.1:{port}") and not (repo / "runs" / "service" / "ray_head.json").exists()
     for (start_s, command), (end_s, _) in zip(marks, marks[1:]):  # shown with -s: where the time goes

@@ -5,8 +5,8 @@ The bottom layer of abray: it imports torch and numpy, nothing from the layers a
 SQLAlchemy or FastAPI), so `from abray.optim import ABSGD` costs torch alone.
 """
 
-from .absgd import ABSGD, DEFAULT_GRANULARITY, DEFAULT_RHO, check_hyperparameters
+from .absgd import ABSGD, DEFAULT_GRANULARITY, DEFAULT_RHO, DEFAULT_RHO_RAMP, braking_strength, check_hyperparameters
 from .functional import GRANULARITIES, absgd, brake, cosines
 
-__all__ = ["ABSGD", "DEFAULT_GRANULARITY", "DEFAULT_RHO", "GRANULARITIES", "absgd", "brake", "check_hyperparameters",
-           "cosines"]
+__all__ = ["ABSGD", "DEFAULT_GRANULARITY", "DEFAULT_RHO", "DEFAULT_RHO_RAMP", "GRANULARITIES", "absgd", "brake",
+           "braking_strength", "check_hyperparameters", "cosines"]

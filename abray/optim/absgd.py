@@ -12,11 +12,26 @@ import torch
 from torch.optim import Optimizer
 
 from .functional import GRANULARITIES, absgd
+from .staleness import check_delay
 
-# Chosen from the digits delay benchmark (benchmarks/digits_delay.py; figures in the README). Training runs take
+# Chosen on the task suite's selection tasks (benchmarks/task_suite.py; docs/when-ab-works.md). Training runs take
 # their defaults from here too (abray.training.config).
 DEFAULT_RHO = 1.5
 DEFAULT_GRANULARITY = "tensor"
+DEFAULT_RHO_RAMP = 8.0  # braking reaches full strength at this staleness; none at staleness 0
+DEFAULT_CLIP_FACTOR = True  # a negative factor 1 - rho c is clipped to 0: aligned gradients stop, never reverse
+
+
+def braking_strength(rho: float, staleness: Optional[int], rho_ramp: float) -> float:
+    """The rho an update brakes with: rho * min(1, staleness / rho_ramp).
+
+    An undelayed gradient (staleness 0) is not braked, so AB is SGD with momentum where nothing is stale, and
+    braking grows linearly to `rho` at staleness `rho_ramp`. `rho_ramp=0`, or an unknown staleness (None), brakes
+    at full strength, as the paper's AB does.
+    """
+    if staleness is None or rho_ramp == 0:
+        return rho
+    return rho * min(1.0, staleness / rho_ramp)
 
 
 def check_sgd_hyperparameters(lr: Any, momentum: float, weight_decay: float) -> None:
@@ -39,6 +54,8 @@ def check_hyperparameters(
     rho: float,
     granularity: str,
     eps: float,
+    rho_ramp: float = DEFAULT_RHO_RAMP,
+    clip_factor: bool = DEFAULT_CLIP_FACTOR,
 ) -> None:
     """Raise ValueError naming the first hyperparameter outside its allowed range."""
     check_sgd_hyperparameters(lr, momentum, weight_decay)
@@ -48,6 +65,10 @@ def check_hyperparameters(
         raise ValueError(f"granularity must be one of {', '.join(map(repr, GRANULARITIES))}, got {granularity!r}")
     if not eps > 0.0:
         raise ValueError(f"eps must be > 0, got {eps!r}")
+    if not rho_ramp >= 0.0:
+        raise ValueError(f"rho_ramp must be >= 0, got {rho_ramp!r}")
+    if not isinstance(clip_factor, bool):
+        raise ValueError(f"clip_factor must be True or False, got {clip_factor!r}")
     if nesterov and momentum == 0:
         raise ValueError("nesterov=True requires momentum in (0, 1), got momentum=0")
 
@@ -55,10 +76,25 @@ def check_hyperparameters(
 class ABSGD(Optimizer):
     r"""SGD with momentum and Adaptive Braking (Venigalla et al. 2020, arXiv 2007.01397).
 
-    Before the momentum update each gradient is scaled by ``1 - rho * c``, where ``c`` is the cosine
-    between the gradient (after weight decay) and the current velocity. Gradients that keep pushing
-    along the velocity are braked; gradients that oppose it (an overshoot) are amplified. This damps
-    the oscillations that stale gradients cause along high-curvature directions.
+    Before the momentum update each gradient is scaled by ``1 - rho_t * c``, where ``c`` is the cosine
+    between the gradient (after weight decay) and the current velocity, clipped at 0 (``clip_factor``).
+    Gradients that keep pushing along the velocity are braked, and stopped when ``c > 1 / rho_t``;
+    gradients that oppose it (an overshoot) are amplified. This damps the oscillations that stale
+    gradients cause along high-curvature directions.
+
+    The strength follows each update's staleness s (how many updates old its gradient is):
+    ``rho_t = rho * min(1, s / rho_ramp)`` (`braking_strength`). Fresh gradients are not braked, so
+    where nothing is stale ABSGD is SGD with momentum and costs no accuracy; braking reaches ``rho``
+    at staleness ``rho_ramp``. Tell it the staleness in one of two ways:
+
+    - ``delay=D`` at construction, for a pipeline whose every gradient is D updates old;
+    - ``prepare(staleness)`` before a ``step()``, for asynchronous training where it varies (the
+      simulator and the parameter server call it before every update).
+
+    Without either (``delay=None``, the default) the staleness is unknown and ABSGD brakes at full
+    strength ``rho`` every step, as the paper's AB does: safe under delay, but in an undelayed loop it
+    costs accuracy (it reverses aligned gradients whenever ``c > 1 / rho``). ``rho_ramp=0`` always
+    brakes at full strength.
 
     Args:
         params: parameters or parameter groups; every hyperparameter below may be set per group.
@@ -72,8 +108,13 @@ class ABSGD(Optimizer):
         eps: added to ``||g|| ||v||`` so that a zero gradient or velocity gives ``c = 0`` (> 0).
         foreach: use the multi-tensor kernel (``None``, the default, picks it: the faster path on every
             device); ``False`` runs the single-tensor reference loop.
-        track_braking: count, at every step, the tensors braked and those whose factor ``1 - rho * c`` was
-            below 0 (coordinates for ``"element"``) into :attr:`braking_stats`; off by default (no cost).
+        rho_ramp: the staleness at which braking reaches ``rho`` (>= 0; 0: always ``rho``).
+        clip_factor: clip a negative factor ``1 - rho_t c`` to 0, so a gradient aligned with the velocity
+            (``c > 1 / rho_t``) is stopped rather than reversed (tensor and global granularity).
+        delay: the staleness of every gradient, until ``prepare`` says otherwise; ``None``: unknown.
+        track_braking: count, at every step, the tensors braked and those whose factor ``1 - rho_t * c`` was
+            below 0 before clipping (coordinates for ``"element"``) into :attr:`braking_stats`; off by default
+            (no cost).
 
     Attributes:
         braking_stats: the running counts while ``track_braking`` is on: ``"tensors"`` and ``"reversed"``
@@ -93,6 +134,9 @@ class ABSGD(Optimizer):
         granularity: str = DEFAULT_GRANULARITY,
         eps: float = 1e-8,
         foreach: Optional[bool] = None,
+        rho_ramp: float = DEFAULT_RHO_RAMP,
+        clip_factor: bool = DEFAULT_CLIP_FACTOR,
+        delay: Optional[int] = None,
         track_braking: bool = False,
     ):
         defaults = dict(
@@ -104,8 +148,11 @@ class ABSGD(Optimizer):
             granularity=granularity,
             eps=eps,
             foreach=foreach,
+            rho_ramp=rho_ramp,
+            clip_factor=clip_factor,
         )
         check_hyperparameters(**{k: v for k, v in defaults.items() if k != "foreach"})
+        self.staleness = None if delay is None else check_delay(delay)
         super().__init__(params, defaults)
         self.track_braking = track_braking
         self.braking_stats: dict[str, Any] = {}
@@ -119,8 +166,20 @@ class ABSGD(Optimizer):
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        check_hyperparameters(**{k: group[k] for k in
-                                 ("lr", "momentum", "weight_decay", "nesterov", "rho", "granularity", "eps")})
+        check_hyperparameters(**{k: group[k] for k in ("lr", "momentum", "weight_decay", "nesterov", "rho",
+                                                        "granularity", "eps", "rho_ramp", "clip_factor")})
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:  # state dicts saved before these existed: the paper's AB, as then
+            group.setdefault("rho_ramp", 0.0)
+            group.setdefault("clip_factor", False)
+
+    def prepare(self, staleness: int, source=None) -> None:
+        """The staleness of the gradients the next ``step()`` applies (and those after it, until told
+        otherwise). `source` (the weights they were computed on) is accepted for the common delay-aware
+        interface and not used."""
+        self.staleness = check_delay(staleness)
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], float]] = None):
@@ -152,9 +211,10 @@ class ABSGD(Optimizer):
                 momentum=group["momentum"],
                 weight_decay=group["weight_decay"],
                 nesterov=group["nesterov"],
-                rho=group["rho"],
+                rho=braking_strength(group["rho"], self.staleness, group["rho_ramp"]),
                 granularity=group["granularity"],
                 eps=group["eps"],
+                clip=group["clip_factor"],
                 foreach=group["foreach"],
                 stats=self.braking_stats if self.track_braking else None,
             )

@@ -8,7 +8,7 @@ with momentum buffer v (v = 0 before the first step):
 
     g <- g + weight_decay * w                     weight decay, on the current weights
     c  = <g, v> / (||g|| ||v|| + eps)             cosine of gradient and velocity
-    g <- (1 - rho * c) * g                        braking
+    g <- (1 - rho * c) * g                        braking (clip: max(0, 1 - rho * c), so g is stopped, never reversed)
     v <- momentum * v + g
     w <- w - lr * v                               (nesterov: w <- w - lr * (g + momentum * v))
 
@@ -245,6 +245,14 @@ def _step_tensor_element(param: Tensor, grad: Tensor, buf: Tensor, rho: float, *
     param.add_(grad.add(buf, alpha=momentum) if nesterov else buf, alpha=-lr)
 
 
+def _clipped(factor: Factor, clip: bool) -> Factor:
+    """The braking factor 1 - rho c, with `clip` at least 0: a gradient aligned with the velocity (c > 1 / rho)
+    is stopped rather than reversed."""
+    if not clip:
+        return factor
+    return factor.clamp_min(0) if isinstance(factor, Tensor) else max(factor, 0.0)
+
+
 def _count(stats: Optional[dict], key: str, value) -> None:
     if stats is None:
         return
@@ -313,15 +321,17 @@ def brake(
     rho: float,
     granularity: str = "tensor",
     eps: float = 1e-8,
+    clip: bool = False,
     foreach: bool = False,
 ) -> list[Tensor]:
-    """Adaptive braking as a gradient transformation: g <- (1 - rho * c) * g. Returns new tensors."""
+    """Adaptive braking as a gradient transformation: g <- (1 - rho * c) * g, the factor at least 0 with `clip`
+    (tensor and global granularity; "element" is never clipped). Returns new tensors."""
     if granularity == "element":
         # (1 - rho*sign(g v)) g = g - rho |g| sign(v)
         return [g.clone() if v is None else g.addcmul(g.abs(), torch.sign(v), value=-rho)
                 for g, v in zip(grads, velocities)]
     c = cosines(grads, velocities, granularity, eps, foreach)
-    return [g * (1 - rho * ci) for g, ci in zip(grads, c)]
+    return [g * _clipped(1 - rho * ci, clip) for g, ci in zip(grads, c)]
 
 
 # ---- the kernel -----------------------------------------------------------------------------------------------
@@ -338,6 +348,7 @@ def absgd(
     rho: float,
     granularity: str,
     eps: float,
+    clip: bool = False,
     foreach: Optional[bool] = None,
     stats: Optional[dict] = None,
 ) -> None:
@@ -347,9 +358,13 @@ def absgd(
     is created as a copy of the (decayed) gradient, and the braking leaves that gradient unscaled. The
     multi-tensor path may also replace buffers (with views into its flat block): store them all back.
 
+    `clip` clips the factor 1 - rho * c at 0 (tensor and global granularity): a gradient aligned with the
+    velocity (c > 1 / rho) is stopped rather than reversed. Element granularity is never clipped: sign(g v)
+    does not fade as the velocity decays, so a stopped coordinate could stay stopped for good.
+
     `stats`, when given a dict, receives running counts: for "tensor" and "global" granularity,
     `stats["tensors"]` += the tensors braked (those with a velocity) and `stats["reversed"]` += those whose
-    factor 1 - rho * c was below 0; for "element", `stats["elements"]` and `stats["reversed_elements"]`
+    factor 1 - rho * c was below 0 (before any clipping); for "element", `stats["elements"]` and `stats["reversed_elements"]`
     count coordinates instead. Counts are ints, or 0-dim tensors on an accelerator (no sync): `int()` them
     when reporting. With `stats=None` nothing is counted.
     """
@@ -369,6 +384,7 @@ def absgd(
         rho=rho,
         granularity=granularity,
         eps=eps,
+        clip=clip,
         stats=stats,
     )
 
@@ -379,7 +395,7 @@ def _count_unbraked(stats: Optional[dict], granularity: str) -> None:
 
 
 def _single_tensor_absgd(params, grads, momentum_buffers, *, lr, momentum, weight_decay, nesterov, rho,
-                         granularity, eps, stats):
+                         granularity, eps, clip, stats):
     # Everything for one tensor happens before the next, so g, v and w are read while still in cache,
     # and the braking factor is a Python float folded into the momentum update (no braked copy of g).
     braking = rho != 0 and momentum != 0
@@ -410,7 +426,7 @@ def _single_tensor_absgd(params, grads, momentum_buffers, *, lr, momentum, weigh
                     *_pair_sums(grad, buf).tolist(), eps)
                 _count(stats, "tensors", 1)
                 _count(stats, "reversed", int(factor < 0))
-                _step_tensor(param, grad, buf, factor, lr=lr, momentum=momentum, nesterov=nesterov)
+                _step_tensor(param, grad, buf, _clipped(factor, clip), lr=lr, momentum=momentum, nesterov=nesterov)
                 continue
             if nesterov:
                 grad = grad.add(buf, alpha=momentum)
@@ -459,7 +475,7 @@ class _LargeTensor(NamedTuple):
 
 
 def _multi_tensor_absgd(params, grads, momentum_buffers, *, lr, momentum, weight_decay, nesterov, rho,
-                        granularity, eps, stats):
+                        granularity, eps, clip, stats):
     if not params:
         return
     if rho == 0 or momentum == 0:
@@ -511,7 +527,7 @@ def _multi_tensor_absgd(params, grads, momentum_buffers, *, lr, momentum, weight
                     _step_tensor_element(t.param, t.grad, t.buf, rho, **hyper)
         return
     if granularity == "global":
-        _global_step(parts, rho, eps, stats, hyper)
+        _global_step(parts, rho, eps, clip, stats, hyper)
         return
     for block, large in parts:
         if block is not None:
@@ -519,7 +535,7 @@ def _multi_tensor_absgd(params, grads, momentum_buffers, *, lr, momentum, weight
             if stats is not None:  # a tensor without velocity has factor 1: never reversed
                 _count(stats, "tensors", sum(block.with_velocity))
                 _count(stats, "reversed", (factors < 0).sum())
-            block.step(factors, **hyper)
+            block.step(_clipped(factors, clip), **hyper)
         for t in large:
             if t.fresh:
                 continue
@@ -527,7 +543,7 @@ def _multi_tensor_absgd(params, grads, momentum_buffers, *, lr, momentum, weight
             if stats is not None:
                 _count(stats, "tensors", 1)
                 _count(stats, "reversed", factor < 0)
-            _step_tensor(t.param, t.grad, t.buf, factor, **hyper)
+            _step_tensor(t.param, t.grad, t.buf, _clipped(factor, clip), **hyper)
 
 
 def _read_back_on_cpu(t: Tensor):
@@ -535,7 +551,7 @@ def _read_back_on_cpu(t: Tensor):
     return t.tolist() if t.device.type == "cpu" and not torch.compiler.is_compiling() else t
 
 
-def _global_step(parts, rho: float, eps: float, stats: Optional[dict], hyper: dict) -> None:
+def _global_step(parts, rho: float, eps: float, clip: bool, stats: Optional[dict], hyper: dict) -> None:
     """One cosine over every tensor, whatever device or dtype it is on: each device's sums are added on the
     first one's, and the factor sent back."""
     partial = []
@@ -550,6 +566,7 @@ def _global_step(parts, rho: float, eps: float, stats: Optional[dict], hyper: di
         braked += sum(not t.fresh for _, large in parts for t in large)
         _count(stats, "tensors", braked)
         _count(stats, "reversed", (factor < 0) * braked)
+    factor = _clipped(factor, clip)
     for block, large in parts:
         if block is not None:
             on_device = factor.to(block.velocity.device)

@@ -43,8 +43,8 @@ METHODS = {
     m.name: m
     for m in [
         _method("sgdm", "SGD with momentum (torch.optim.SGD)", None, False, SGD, "nesterov"),
-        _method("ab", "Adaptive Braking: g <- (1 - rho cos(g, v)) g", "rho", False, ABSGD, "nesterov", "rho",
-                "granularity"),
+        _method("ab", "Adaptive Braking: g <- (1 - rho_t cos(g, v)) g, rho_t = rho min(1, staleness / rho_ramp)",
+                "rho", False, ABSGD, "nesterov", "rho", "granularity", "rho_ramp", "clip_factor", "delay"),
         _method("dcasgd", "DC-ASGD, adaptive: g <- g + lambda0/sqrt(MS) g*g*(w_now - w_then)", "dc_lambda", False,
                 DCASGD, "dc_lambda", "delay"),
         _method("staleness_lr", "staleness-aware learning rate: lr / (D + 1)", None, False, StalenessAwareSGD,
@@ -55,7 +55,7 @@ METHODS = {
         _method("nesterov_lookahead", "Nesterov look-ahead of D + 1 steps: w <- w - lr (g + gamma_D v)",
                 "lookahead", False, NesterovLookahead, "lookahead", "delay"),
         _method("ab_lwp", "Adaptive Braking with linear weight prediction", "rho", True, ABSGD, "nesterov", "rho",
-                "granularity"),
+                "granularity", "rho_ramp", "clip_factor", "delay"),
     ]
 }
 

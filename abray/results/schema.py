@@ -21,8 +21,8 @@ from ..training.config import ConfigError
 from ..training.epochs import EpochMetrics
 
 CONFIG_COLUMNS = [
-    "dataset", "model", "optimizer", "lr", "momentum", "rho", "granularity", "dc_lambda", "lookahead",
-    "weight_decay", "nesterov", "mode", "workers", "device",
+    "dataset", "model", "optimizer", "lr", "momentum", "rho", "granularity", "rho_ramp", "clip_factor", "dc_lambda",
+    "lookahead", "weight_decay", "nesterov", "mode", "workers", "device",
     "delay", "epochs", "batch_size", "warmup_epochs", "schedule", "seed",
 ]
 METRIC_COLUMNS = [f.name for f in fields(EpochMetrics)]

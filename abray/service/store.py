@@ -33,7 +33,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from ..results.schema import CONFIG_COLUMNS, METRIC_COLUMNS, metric_row, metric_types
 from ..sweeps.spec import MAX_NAME_LENGTH
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the metrics table gained reversed_fraction
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED = ("succeeded", "failed", "cancelled")
 TRIAL_STATUSES = ("pending", "running", "succeeded", "failed", "cancelled")

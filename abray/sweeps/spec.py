@@ -30,8 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from ..training.config import (MAX_PATH_LENGTH, ConfigError, TrainConfig, bounds, did_you_mean, load_config_file,
                                problems, shown)
 
-GRID_FIELDS = ("delay", "optimizer", "lr", "momentum", "rho", "granularity", "weight_decay", "seed", "dc_lambda",
-               "lookahead", "nesterov", "batch_size", "model", "device")
+GRID_FIELDS = ("delay", "optimizer", "lr", "momentum", "rho", "granularity", "rho_ramp", "clip_factor",
+               "weight_decay", "seed", "dc_lambda", "lookahead", "nesterov", "batch_size", "model", "device")
 SWEEP_FIELDS = ("name", "grid", "search", "num_samples", "scheduler", "max_trials", "storage", "max_concurrent")
 MAX_NAME_LENGTH = 128       # the job store's column
 MAX_GRID_VALUES = 1000      # values in one grid list
@@ -101,6 +101,13 @@ class SweepSpec:
     def __init__(self, options: SweepOptions, trials: list[dict], size: int):
         # trials: every distinct grid point, validated (full configs); size: how many trials Tune will run
         self.options, self.trials, self.size = options, trials, size
+
+    def warnings(self) -> list[str]:
+        """The traps its trials' settings fall into (`abray.training.traps`), each once."""
+        from ..training.traps import config_warnings
+
+        found = [w for values in self.trials for w in config_warnings(TrainConfig.model_validate(values))]
+        return list(dict.fromkeys(found))
 
 
 def _grid_problems(grid: dict, base: dict) -> list[dict]:

@@ -17,7 +17,7 @@ def build_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
     return build_method(
         config.optimizer, params, config.delay, lr=config.lr, momentum=config.momentum,
         weight_decay=config.weight_decay, nesterov=config.nesterov, rho=config.rho, granularity=config.granularity,
-        dc_lambda=config.dc_lambda, lookahead=config.lookahead,
+        rho_ramp=config.rho_ramp, clip_factor=config.clip_factor, dc_lambda=config.dc_lambda, lookahead=config.lookahead,
     )
 
 
@@ -40,9 +40,15 @@ def make_scheduler(config: TrainConfig, optimizer, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, total, warmup, config.schedule))
 
 
-def load_data(config: TrainConfig) -> datasets.DataSplit:
-    if config.dataset == "digits":
-        return datasets.digits()
+def load_data(config: TrainConfig, validation: bool = False) -> datasets.DataSplit:
+    """The config's data set; `validation` swaps the test set for the validation split (in-memory data sets and
+    MNIST from files)."""
+    if config.dataset in datasets.IN_MEMORY:
+        return datasets.IN_MEMORY[config.dataset](validation=validation)
+    if config.dataset == "mnist":
+        return datasets.mnist(config.data_root, download=config.download, validation=validation)
+    if validation:
+        raise datasets.DataError(f"dataset {config.dataset!r} has no validation split here")
     if config.dataset == "cifar10":
         return datasets.cifar10(config.data_root, download=config.download)
     return datasets.imagenet(config.data_root)

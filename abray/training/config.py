@@ -16,19 +16,25 @@ from typing import Annotated, Iterable, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..optim.absgd import DEFAULT_GRANULARITY, DEFAULT_RHO
+from ..optim.absgd import DEFAULT_CLIP_FACTOR, DEFAULT_GRANULARITY, DEFAULT_RHO, DEFAULT_RHO_RAMP
 from ..optim.functional import GRANULARITIES
 from ..optim.methods import METHODS
 from ..optim.peers import DEFAULT_DC_LAMBDA, DEFAULT_LOOKAHEAD
 from .models import MODELS
 
-DATASETS = ("digits", "cifar10", "imagenet")
+DATASETS = ("digits", "mnist10k", "teacher", "teacher_deep", "runner_up", "mnist", "cifar10", "imagenet")
+FILE_DATASETS = ("mnist", "cifar10", "imagenet")  # read from data_root
 SCHEDULES = ("constant", "cosine", "step")
 MODES = ("simulated", "distributed", "free")
 STORAGE_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "abfs", "abfss")  # the URIs pyarrow.fs opens
 MODEL_NAMES = tuple(MODELS)
 DATASET_MODELS = {
     "digits": ("digits_cnn", "digits_cnn_bn", "digits_mlp"),
+    "mnist10k": ("mnist_cnn", "mnist_cnn_bn"),
+    "mnist": ("mnist_cnn", "mnist_cnn_bn"),
+    "teacher": ("teacher_mlp", "teacher_mlp_bn"),
+    "teacher_deep": ("teacher_mlp", "teacher_mlp_bn"),
+    "runner_up": ("seq_transformer",),
     "cifar10": ("resnet20", "resnet32", "resnet56"),
     "imagenet": ("resnet50",),
 }
@@ -85,8 +91,8 @@ class TrainConfig(BaseModel):
 
     dataset: Literal[DATASETS] = "digits"
     data_root: Optional[str] = Field(None, max_length=MAX_PATH_LENGTH,
-                                     description="directory holding CIFAR-10 or ImageNet")
-    download: bool = Field(False, description="let torchvision download CIFAR-10 into data_root")
+                                     description="directory holding MNIST, CIFAR-10 or ImageNet")
+    download: bool = Field(False, description="let torchvision download MNIST or CIFAR-10 into data_root")
     model: Literal[MODEL_NAMES] = "digits_cnn"
     optimizer: Literal[tuple(METHODS)] = "ab"
     # Defaults: tuned for SGDM at D = 0 on the digits validation split (benchmarks/digits_delay.py).
@@ -94,6 +100,9 @@ class TrainConfig(BaseModel):
     momentum: float = Field(0.9, ge=0, lt=1)
     rho: float = Field(DEFAULT_RHO, ge=0, le=100, description="AB's braking strength (0 is SGD with momentum)")
     granularity: Literal[GRANULARITIES] = DEFAULT_GRANULARITY
+    rho_ramp: float = Field(DEFAULT_RHO_RAMP, ge=0, le=1000,
+                            description="AB brakes with rho * min(1, staleness / rho_ramp); 0: always rho")
+    clip_factor: bool = Field(DEFAULT_CLIP_FACTOR, description="clip AB's factor 1 - rho c at 0 (stop, not reverse)")
     dc_lambda: float = Field(DEFAULT_DC_LAMBDA, ge=0, le=1e6, description="DC-ASGD's lambda0")
     lookahead: float = Field(DEFAULT_LOOKAHEAD, ge=0, le=1, description="Nesterov look-ahead strength")
     weight_decay: float = Field(0.0, ge=0, le=10)
@@ -132,7 +141,7 @@ class TrainConfig(BaseModel):
         allowed = DATASET_MODELS[self.dataset]
         if self.model not in allowed:
             raise ValueError(f"model {self.model!r} does not fit dataset {self.dataset!r}; allowed: {', '.join(allowed)}")
-        if self.dataset != "digits" and not self.data_root:
+        if self.dataset in FILE_DATASETS and not self.data_root:
             raise ValueError(f"data_root is required for dataset {self.dataset!r}")
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov requires momentum in (0, 1)")

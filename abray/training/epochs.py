@@ -34,6 +34,9 @@ class EpochMetrics:
     staleness_mean: float = 0.0  # over the epoch's updates
     staleness_max: int = 0
     staleness_hist: dict = field(default_factory=dict)  # staleness -> number of updates
+    # AB only: of the tensors braked this epoch (summed over updates), the fraction whose factor 1 - rho c was < 0
+    # (elements, for element granularity); None where nothing was braked
+    reversed_fraction: Optional[float] = None
 
 
 def evaluate(model: nn.Module, dataset, batch_size: int = 1024, device="cpu") -> tuple[float, float]:
@@ -63,6 +66,23 @@ def batch_gradient(model: nn.Module, names: list[str], weights: Sequence[Tensor]
     return loss.item(), grads
 
 
+def track_braking(optimizer) -> None:
+    """Have an optimizer that can count its braking (ABSGD) count it, for the epochs' reversed_fraction."""
+    if hasattr(optimizer, "track_braking"):
+        optimizer.track_braking = True
+
+
+def reversed_fraction(optimizer) -> Optional[float]:
+    """Of the tensors (elements, for element granularity) the optimizer braked since the last call, the fraction
+    whose factor 1 - rho c was below 0; None for an optimizer that does not count or where nothing was braked."""
+    reset = getattr(optimizer, "reset_braking_stats", None)
+    if reset is None or not getattr(optimizer, "track_braking", False):
+        return None
+    counts = reset()
+    braked = counts.get("tensors", 0) + counts.get("elements", 0)
+    return (counts.get("reversed", 0) + counts.get("reversed_elements", 0)) / braked if braked else None
+
+
 @dataclass
 class EpochLog:
     """The running epoch: the loss and staleness of each update applied in it, and when it started.
@@ -77,13 +97,14 @@ class EpochLog:
         self.staleness.append(staleness)
 
     def close(self, model: nn.Module, test_set, *, epoch: int, steps: int, lr: float,
-              diverged_step: Optional[int] = None, device="cpu") -> EpochMetrics:
+              diverged_step: Optional[int] = None, device="cpu",
+              reversed_fraction: Optional[float] = None) -> EpochMetrics:
         test_loss, test_accuracy = evaluate(model, test_set, device=device)
         metrics = EpochMetrics(
             epoch=epoch, steps=steps, train_loss=float(np.mean(self.losses)) if self.losses else float("nan"),
             test_loss=test_loss, test_accuracy=test_accuracy, wall_time=time.perf_counter() - self.start,
             lr_now=float(lr), diverged=diverged_step is not None, diverged_step=diverged_step,
-            **staleness_summary(self.staleness),
+            **staleness_summary(self.staleness), reversed_fraction=reversed_fraction,
         )
         self.losses, self.staleness, self.start = [], [], time.perf_counter()
         return metrics

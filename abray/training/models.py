@@ -1,10 +1,13 @@
-"""Models: a small CNN for digits, the CIFAR ResNets of He et al. (2016), torchvision's ResNet-50."""
+"""Models: small CNNs for digits and MNIST and an MLP for the teacher tasks (each with and without BatchNorm), a
+small LayerNorm transformer for the sequence task, the CIFAR ResNets of He et al. (2016), torchvision's ResNet-50."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .data import SEQUENCE_LENGTH, SEQUENCE_VOCAB, TEACHER_INPUTS
 
 
 class DigitsCNN(nn.Module):
@@ -38,6 +41,68 @@ class DigitsMLP(nn.Module):
 
     def forward(self, x):
         return self.net(x)
+
+
+class MnistCNN(nn.Module):
+    """Two strided convolutions (5x5 then 3x3, 28 -> 14 -> 7 pixels) and two linear layers for 28x28 inputs,
+    about 0.1 M weights: cheap enough for a delay sweep on a CPU."""
+
+    def __init__(self, num_classes: int = 10, batchnorm: bool = False, width: int = 32):
+        super().__init__()
+
+        def block(cin, cout, kernel):
+            layers = [nn.Conv2d(cin, cout, kernel, stride=2, padding=kernel // 2, bias=not batchnorm)]
+            if batchnorm:
+                layers.append(nn.BatchNorm2d(cout))
+            return layers + [nn.ReLU(inplace=True)]
+
+        self.features = nn.Sequential(*block(1, width // 2, 5), *block(width // 2, width, 3))
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(width * 49, 64), nn.ReLU(inplace=True), nn.Linear(64, num_classes)
+        )
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+class MLP(nn.Module):
+    """A ReLU perceptron on flat inputs, `depth` hidden layers of `hidden` units, optionally with BatchNorm after
+    each hidden linear layer (the student of the teacher tasks)."""
+
+    def __init__(self, inputs: int, num_classes: int, hidden: int = 128, depth: int = 2, batchnorm: bool = False):
+        super().__init__()
+        layers, width = [nn.Flatten()], inputs
+        for _ in range(depth):
+            layers.append(nn.Linear(width, hidden, bias=not batchnorm))
+            if batchnorm:
+                layers.append(nn.BatchNorm1d(hidden))
+            layers.append(nn.ReLU(inplace=True))
+            width = hidden
+        self.net = nn.Sequential(*layers, nn.Linear(width, num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class SequenceTransformer(nn.Module):
+    """A small pre-LayerNorm transformer encoder that classifies token sequences: token and position embeddings,
+    `layers` blocks of self-attention and a ReLU feed-forward layer, mean pooling, a final LayerNorm and a linear
+    read-out. Neither a CNN nor BatchNorm-based."""
+
+    def __init__(self, num_classes: int, vocab: int = SEQUENCE_VOCAB, length: int = SEQUENCE_LENGTH,
+                 dim: int = 32, heads: int = 4, layers: int = 1):
+        super().__init__()
+        self.tokens = nn.Embedding(vocab, dim)
+        self.positions = nn.Parameter(torch.randn(length, dim) * 0.02)
+        block = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=0.0, batch_first=True,
+                                           norm_first=True)
+        self.encoder = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        h = self.encoder(self.tokens(x) + self.positions[: x.shape[1]])
+        return self.head(self.norm(h.mean(1)))
 
 
 class BasicBlock(nn.Module):
@@ -97,6 +162,11 @@ MODELS = {
     "digits_cnn": lambda num_classes: DigitsCNN(num_classes, batchnorm=False),
     "digits_cnn_bn": lambda num_classes: DigitsCNN(num_classes, batchnorm=True),
     "digits_mlp": DigitsMLP,
+    "mnist_cnn": lambda num_classes: MnistCNN(num_classes, batchnorm=False),
+    "mnist_cnn_bn": lambda num_classes: MnistCNN(num_classes, batchnorm=True),
+    "teacher_mlp": lambda num_classes: MLP(TEACHER_INPUTS, num_classes),
+    "teacher_mlp_bn": lambda num_classes: MLP(TEACHER_INPUTS, num_classes, batchnorm=True),
+    "seq_transformer": SequenceTransformer,
     "resnet20": lambda num_classes: CifarResNet(20, num_classes),
     "resnet32": lambda num_classes: CifarResNet(32, num_classes),
     "resnet56": lambda num_classes: CifarResNet(56, num_classes),

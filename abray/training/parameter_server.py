@@ -45,7 +45,7 @@ from .checkpoints import RunFolder, check_owner, config_fingerprint
 from .config import TrainConfig
 from .data import batch_indices
 from .delayed import apply_gradients
-from .epochs import EpochLog, EpochMetrics
+from .epochs import EpochLog, EpochMetrics, reversed_fraction, track_braking
 from .flat import FlatLayout, bind_parameters, load_buffers, model_buffers, tensor_from_store
 from .models import build_model
 
@@ -88,6 +88,7 @@ class ParameterServerState:
         self.flat = self.layout.flatten([p.detach() for p in self.model.parameters()]).clone()
         self.params = bind_parameters(self.model, self.layout.views(self.flat))
         self.optimizer = build_optimizer(config, self.params)
+        track_braking(self.optimizer)
         self.scheduler = make_scheduler(config, self.optimizer, self.steps_per_epoch)
         self.predict = METHODS[config.optimizer].predicts
 
@@ -242,7 +243,8 @@ class ParameterServerState:
     def _close_epoch(self) -> list[EpochMetrics]:
         load_buffers(self.model, self.buffers)
         metrics = self.epoch_log.close(self.model, self.test_set, epoch=len(self.history) + 1, steps=self.applied,
-                                       lr=self.optimizer.param_groups[0]["lr"], diverged_step=self.diverged_step)
+                                       lr=self.optimizer.param_groups[0]["lr"], diverged_step=self.diverged_step,
+                                       reversed_fraction=reversed_fraction(self.optimizer))
         self.history.append(metrics)
         if self.folder:  # before anyone hears of the epoch: a restored server never closes it again
             self.save_checkpoint()

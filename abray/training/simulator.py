@@ -12,7 +12,7 @@ from torch import nn
 from ..optim.staleness import check_delay
 from .data import DataSplit, batch_indices, collate
 from .delayed import DelayedUpdates
-from .epochs import EpochLog, EpochMetrics, batch_gradient
+from .epochs import EpochLog, EpochMetrics, batch_gradient, reversed_fraction, track_braking
 
 
 def train_delayed(
@@ -50,6 +50,7 @@ def train_delayed(
     names = [n for n, _ in model.named_parameters()]
     params = [p for _, p in model.named_parameters()]
     updates = DelayedUpdates(params, optimizer, delay, predict=predict)
+    track_braking(optimizer)
     history: list[EpochMetrics] = []
     log = EpochLog()
     for epoch in range(epochs):
@@ -67,7 +68,8 @@ def train_delayed(
             if on_step is not None:
                 on_step(updates.step, loss)
         metrics = log.close(model, data.test, epoch=epoch + 1, steps=updates.step,
-                            lr=optimizer.param_groups[0]["lr"], diverged_step=diverged_step, device=device)
+                            lr=optimizer.param_groups[0]["lr"], diverged_step=diverged_step, device=device,
+                            reversed_fraction=reversed_fraction(optimizer))
         history.append(metrics)
         if on_epoch is not None:
             on_epoch(metrics)

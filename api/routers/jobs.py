@@ -71,10 +71,11 @@ def submit(request: Request, response: Response, values: object = Depends(json_b
         parsed = admit(values, settings, request.app.state.scheduler.capacity())
     except ConfigError as err:
         raise unprocessable(err.errors) from None
+    warnings = parsed.warnings()
     if idempotency_key is not None:
         replay = _replay(session, idempotency_key, values, response)
         if replay is not None:
-            return replay
+            return replay.model_copy(update={"warnings": warnings})
     job = store.Job(name=parsed.options.name, status="queued", spec=values, total_trials=parsed.size,
                     idempotency_key=idempotency_key, storage="", created_at=store.utcnow())
     try:
@@ -87,9 +88,9 @@ def submit(request: Request, response: Response, values: object = Depends(json_b
         replay = _replay(session, idempotency_key, values, response) if idempotency_key else None
         if replay is None:
             raise
-        return replay
+        return replay.model_copy(update={"warnings": warnings})
     response.headers["Location"] = f"/jobs/{job.id}"
-    return job_out(session, job)
+    return job_out(session, job).model_copy(update={"warnings": warnings})
 
 
 def _replay(session: Session, key: str, spec: dict, response: Response) -> Optional[JobOut]:

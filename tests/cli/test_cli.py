@@ -36,10 +36,25 @@ def test_train_from_yaml_with_flag_override_writes_parquet(tmp_path):
     assert frame.optimizer.tolist() == ["sgdm"] and frame.seed.tolist() == [7] and frame.batch_size.tolist() == [64]
 
 
-def test_default_output_goes_under_runs(tmp_path):
+def test_default_output_goes_under_runs_and_a_warmup_longer_than_the_run_is_a_warning(tmp_path):
     res = abray("train", "--epochs", "1", "--batch-size", "256", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert len(list((tmp_path / "runs").glob("digits-ab-D0-seed0-*.csv"))) == 1
+    assert "warning: warmup_epochs (5) >= epochs (1)" in res.stderr
+
+
+def test_advise_prints_the_stable_lrs_and_refuses_bad_options(tmp_path):
+    res = abray("advise", "--dataset", "teacher", "--model", "teacher_mlp", "--delay", "32", "--lr", "0.5",
+                "--optimizer", "sgdm", "--batches", "2", "--iterations", "20", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[1].startswith("top Hessian eigenvalue: ")
+    top = float(lines[1].split(": ")[1])
+    sgdm_lr = float(lines[3].split()[1])
+    assert sgdm_lr == pytest.approx(0.00406 / top, rel=0.01)  # SGDM's edge at D = 32, momentum 0.9
+    assert "warning: at delay 32" in res.stderr  # lr 0.5 is far above the advice
+    bad = abray("advise", "--batches", "0", cwd=tmp_path)
+    assert bad.returncode == 2 and "batches: must be in [1, 1000]" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_bad_config_fails_before_training_naming_fields_and_allowed_values(tmp_path):

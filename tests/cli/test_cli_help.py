@@ -20,12 +20,13 @@ def test_train_help_lists_the_allowed_values_and_defaults_of_every_choice():
     text = help_of("train")
     assert "--optimizer OPTIMIZER one of sgdm, ab, dcasgd, staleness_lr, lwp, spike, nesterov_lookahead, ab_lwp; " \
            "default: ab" in text
-    assert "--model MODEL one of digits_cnn, digits_cnn_bn, digits_mlp, resnet20, resnet32, resnet56, resnet50; " \
-           "default: digits_cnn" in text
+    assert "--model MODEL one of digits_cnn, digits_cnn_bn, digits_mlp, mnist_cnn, mnist_cnn_bn, teacher_mlp, " \
+           "teacher_mlp_bn, seq_transformer, resnet20, resnet32, resnet56, resnet50; default: digits_cnn" in text
     assert "--mode MODE one of simulated, distributed, free; default: simulated" in text
     assert "--schedule SCHEDULE one of constant, cosine, step; default: cosine" in text
     assert "--granularity GRANULARITY one of tensor, global, element; default: tensor" in text
-    assert "--dataset DATASET one of digits, cifar10, imagenet; default: digits" in text
+    assert "--dataset DATASET one of digits, mnist10k, teacher, teacher_deep, runner_up, mnist, cifar10, imagenet; " \
+           "default: digits" in text
     helps = {a.dest: a.help for a in subparser("train")._actions}
     for name in TrainConfig.model_fields:  # and every field's flag says its default
         assert "default: " in helps[name], name

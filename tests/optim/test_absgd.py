@@ -5,7 +5,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from abray.optim import ABSGD, DEFAULT_RHO, brake, cosines
+from abray.optim import ABSGD, DEFAULT_RHO, brake, braking_strength, cosines
+from abray.optim.functional import FLAT_MAX_NUMEL_CPU
 
 
 def make_model(seed=0):
@@ -269,3 +270,164 @@ def test_property_zero_velocity_leaves_gradient_unscaled(data, shape, rho, granu
     vels = [None if as_none else torch.zeros(shape) for _ in grads]
     braked = brake(grads, vels, rho=rho, granularity=granularity, foreach=foreach)
     assert all(torch.equal(out, g) for out, g in zip(braked, grads))
+
+
+def test_braking_strength_grows_with_staleness_up_to_rho():
+    assert [braking_strength(1.5, s, 4.0) for s in (0, 1, 2, 4, 32)] == [0.0, 0.375, 0.75, 1.5, 1.5]
+    assert braking_strength(1.5, None, 4.0) == 1.5  # unknown staleness: full strength
+    assert braking_strength(1.5, 0, 0.0) == 1.5  # no ramp: full strength always
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("nesterov,weight_decay", [(False, 0.0), (True, 1e-2)])
+def test_undelayed_ab_is_torch_sgd_bit_for_bit(foreach, nesterov, weight_decay):
+    a, b, c = make_model(), make_model(), make_model()
+    kw = dict(lr=0.05, momentum=0.9, weight_decay=weight_decay, nesterov=nesterov, foreach=foreach)
+    train(a, ABSGD(a.parameters(), rho=2.0, delay=0, **kw), 120)
+    opt = ABSGD(c.parameters(), rho=2.0, delay=7, **kw)
+    opt.prepare(staleness=0)  # prepare overrides the delay given at construction
+    train(c, opt, 120)
+    train(b, torch.optim.SGD(b.parameters(), **kw), 120)
+    assert same_weights(a, b) and same_weights(c, b)
+
+
+@pytest.mark.parametrize("staleness,expected_rho", [(1, 0.375), (3, 1.125), (4, 1.5), (40, 1.5)])
+def test_stale_gradients_are_braked_by_the_ramped_strength(staleness, expected_rho):
+    a, b = make_model(), make_model()
+    train(a, ABSGD(a.parameters(), lr=0.05, rho=1.5, rho_ramp=4.0, delay=staleness), 40)
+    train(b, ABSGD(b.parameters(), lr=0.05, rho=expected_rho, rho_ramp=0.0), 40)
+    assert same_weights(a, b)
+
+
+def test_without_delay_or_prepare_ab_brakes_at_full_strength():
+    a, b = make_model(), make_model()
+    train(a, ABSGD(a.parameters(), lr=0.05, rho=1.5), 40)  # staleness unknown
+    train(b, ABSGD(b.parameters(), lr=0.05, rho=1.5, rho_ramp=0.0, delay=0), 40)
+    assert same_weights(a, b)
+
+
+def test_a_state_dict_from_before_the_ramp_and_clipping_keeps_the_papers_ab():
+    model = make_model()
+    opt = ABSGD(model.parameters(), lr=0.05, rho=1.5)
+    train(model, opt, 5)
+    saved = opt.state_dict()
+    for group in saved["param_groups"]:
+        del group["rho_ramp"], group["clip_factor"]
+    again = ABSGD(make_model().parameters(), lr=0.05)
+    again.load_state_dict(saved)
+    assert again.param_groups[0]["rho_ramp"] == 0.0 and again.param_groups[0]["rho"] == 1.5
+    assert again.param_groups[0]["clip_factor"] is False
+
+
+def test_bad_staleness_and_ramp_are_named():
+    with pytest.raises(ValueError, match="rho_ramp must be >= 0"):
+        ABSGD(make_model().parameters(), lr=0.1, rho_ramp=-1)
+    with pytest.raises(ValueError, match="delay must be an integer >= 0"):
+        ABSGD(make_model().parameters(), lr=0.1, delay=-2)
+    with pytest.raises(ValueError, match="delay must be an integer >= 0, got 1.5"):
+        ABSGD(make_model().parameters(), lr=0.1).prepare(staleness=1.5)
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_a_negative_factor_is_clipped_to_zero_and_the_velocity_coasts(foreach, nesterov):
+    # Two tensors, velocity (1, 0) each. a: g = (2, 0), c = 1, 1 - 1.5 c < 0: stopped. b: g = (1, 1), c = 1/sqrt(2),
+    # factor 1 - 1.5/sqrt(2) = -0.06: stopped too with clipping; c: g = (1, 3), c = 1/sqrt(10): braked, not stopped.
+    def run(clip_factor):
+        ws = [torch.zeros(2, requires_grad=True) for _ in range(3)]
+        opt = ABSGD(ws, lr=0.1, momentum=0.5, rho=1.5, nesterov=nesterov, foreach=foreach, clip_factor=clip_factor)
+        for w, g in zip(ws, ([2.0, 0.0], [1.0, 1.0], [1.0, 3.0])):
+            opt.state[w]["momentum_buffer"] = torch.tensor([1.0, 0.0])
+            w.grad = torch.tensor(g)
+        opt.step()
+        return [opt.state[w]["momentum_buffer"] for w in ws], [w.detach() for w in ws]
+
+    bufs, ws = run(clip_factor=True)
+    torch.testing.assert_close(bufs[0], torch.tensor([0.5, 0.0]))  # m v + 0
+    torch.testing.assert_close(bufs[1], torch.tensor([0.5, 0.0]))
+    f = 1 - 1.5 / 10 ** 0.5
+    torch.testing.assert_close(bufs[2], torch.tensor([0.5 + f, 3 * f]))
+    step = [0.5 * b for b in bufs[:2]] if nesterov else bufs[:2]  # nesterov: lr (g' + m v) with g' = 0
+    torch.testing.assert_close(ws[0], -0.1 * step[0])
+    torch.testing.assert_close(ws[1], -0.1 * step[1])
+    unclipped, _ = run(clip_factor=False)
+    torch.testing.assert_close(unclipped[0], torch.tensor([0.5 - 1.0, 0.0]))  # factor -0.5 reverses g
+
+
+def test_clipping_with_weight_decay_stops_the_decayed_gradient_and_global_cosine_stops_all():
+    w = torch.tensor([1.0, 0.0], requires_grad=True)
+    u = torch.tensor([0.0, 1.0], requires_grad=True)
+    opt = ABSGD([w, u], lr=0.1, momentum=0.9, rho=2.0, weight_decay=0.5, granularity="global")
+    opt.state[w]["momentum_buffer"] = torch.tensor([1.0, 0.0])
+    opt.state[u]["momentum_buffer"] = torch.tensor([0.0, 1.0])
+    w.grad, u.grad = torch.tensor([0.5, 0.0]), torch.tensor([0.0, 0.5])  # decayed: (1, 0) and (0, 1): c = 1
+    opt.step()
+    torch.testing.assert_close(opt.state[w]["momentum_buffer"], torch.tensor([0.9, 0.0]))
+    torch.testing.assert_close(w.detach(), torch.tensor([1.0 - 0.09, 0.0]))
+    torch.testing.assert_close(u.detach(), torch.tensor([0.0, 1.0 - 0.09]))
+
+
+def test_element_granularity_is_not_clipped():
+    a, b = make_model(), make_model()
+    train(a, ABSGD(a.parameters(), lr=0.05, rho=1.5, granularity="element"), 30)
+    train(b, ABSGD(b.parameters(), lr=0.05, rho=1.5, granularity="element", clip_factor=False), 30)
+    assert same_weights(a, b)
+
+
+@pytest.mark.parametrize("numel", [2, FLAT_MAX_NUMEL_CPU + 1])  # in the flat block, and stepped on its own
+@pytest.mark.parametrize("granularity", ["tensor", "global"])
+@pytest.mark.parametrize("foreach", [False, True])
+def test_every_path_of_the_kernel_stops_an_aligned_gradient_when_clipping(numel, granularity, foreach):
+    # g = 2 v: c = 1 and 1 - 1.5 c = -0.5, clipped to 0: v <- 0.5 v, w <- w - 0.1 * 0.5 v
+    for clip, expected_v in ((True, 0.5), (False, 0.5 - 1.0)):
+        w = torch.zeros(numel, requires_grad=True)
+        opt = ABSGD([w], lr=0.1, momentum=0.5, rho=1.5, granularity=granularity, foreach=foreach, clip_factor=clip)
+        opt.state[w]["momentum_buffer"] = torch.ones(numel)
+        w.grad = torch.full((numel,), 2.0)
+        opt.step()
+        torch.testing.assert_close(opt.state[w]["momentum_buffer"], torch.full((numel,), expected_v))
+        torch.testing.assert_close(w.detach(), torch.full((numel,), -0.1 * expected_v))
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "global"])
+def test_clipped_foreach_and_single_tensor_paths_agree(granularity):
+    a, b = make_model(), make_model()
+    kw = dict(lr=0.05, rho=2.0, granularity=granularity, weight_decay=1e-2)  # 74 (tensor), 32 (global) stops
+    train(a, ABSGD(a.parameters(), foreach=False, **kw), 60)
+    train(b, ABSGD(b.parameters(), foreach=True, **kw), 60)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("clip_factor", [True, False])
+def test_braking_counts_tensors_and_negative_factors_before_clipping(clip_factor):
+    # velocity (1, 0) each; cosines 1, 1/sqrt(2), 1/sqrt(10): with rho 1.5 the first two factors are negative
+    ws = [torch.zeros(2, requires_grad=True) for _ in range(3)]
+    fresh = torch.zeros(2, requires_grad=True)  # no velocity yet: not braked
+    opt = ABSGD(ws + [fresh], lr=0.1, rho=1.5, clip_factor=clip_factor, track_braking=True)
+    for step in range(2):
+        for w, g in zip(ws, ([2.0, 0.0], [1.0, 1.0], [1.0, 3.0])):
+            opt.state[w]["momentum_buffer"] = torch.tensor([1.0, 0.0])
+            w.grad = torch.tensor(g)
+        fresh.grad = torch.ones(2)
+        opt.state[fresh].pop("momentum_buffer", None)
+        opt.step()
+    assert opt.reset_braking_stats() == {"tensors": 6, "reversed": 4}
+    assert opt.braking_stats == {}
+    opt.prepare(staleness=0)  # nothing stale: nothing braked
+    opt.step()
+    assert opt.reset_braking_stats() == {"tensors": 0, "reversed": 0}
+
+
+def test_element_braking_counts_coordinates_with_aligned_signs():
+    w = torch.zeros(4, requires_grad=True)
+    opt = ABSGD([w], lr=0.1, rho=1.5, granularity="element", track_braking=True)
+    opt.state[w]["momentum_buffer"] = torch.tensor([1.0, 1.0, -1.0, 0.0])
+    w.grad = torch.tensor([2.0, -1.0, -3.0, 5.0])  # g v: +, -, +, 0
+    opt.step()
+    assert opt.reset_braking_stats() == {"elements": 4, "reversed_elements": 2}
+    opt = ABSGD([w], lr=0.1, rho=0.9, granularity="element", track_braking=True)  # rho < 1: never negative
+    opt.state[w]["momentum_buffer"] = torch.ones(4)
+    w.grad = torch.ones(4)
+    opt.step()
+    assert opt.reset_braking_stats() == {"elements": 4, "reversed_elements": 0}

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from abray.results import CONFIG_COLUMNS, METRIC_COLUMNS
+from abray.service.store import SCHEMA_VERSION
 from support.service import ApiServer, finish_jobs
 
 TINY = {"name": "tiny", "epochs": 2, "batch_size": 64, "grid": {"optimizer": ["sgdm", "ab"], "delay": [0, 8]}}
@@ -108,6 +109,8 @@ def test_idempotency_key_never_creates_two_jobs(api_server):
         again = client.post("/jobs", json=dict(TINY, name="idem"), headers={"Idempotency-Key": "k-1"})
         assert first.status_code == 201 and again.status_code == 200
         assert again.headers["idempotent-replayed"] == "true" and again.json()["id"] == first.json()["id"]
+        warmup = "warmup_epochs (5) >= epochs (2): the learning rate never leaves warmup"
+        assert any(w.startswith(warmup) for w in first.json()["warnings"]) and again.json()["warnings"]
         other = client.post("/jobs", json=dict(TINY, name="other"), headers={"Idempotency-Key": "k-1"})
         assert other.status_code == 409 and "another spec" in other.json()["detail"]
         finish_jobs(api_server)
@@ -116,7 +119,7 @@ def test_idempotency_key_never_creates_two_jobs(api_server):
 def test_health_reports_database_and_ray(api_server):
     health = httpx.get(f"{api_server.url}/health").json()
     assert health["status"] == "ok" and health["database"]["ok"] and health["database"]["dialect"] == "sqlite"
-    assert health["database"]["schema_version"] == 1 and health["ray"]["ok"]
+    assert health["database"]["schema_version"] == SCHEMA_VERSION and health["ray"]["ok"]
     assert health["ray"]["address"] == api_server.ray_address and set(health["jobs"]) >= {"queued", "running"}
     assert "/jobs" in httpx.get(f"{api_server.url}/openapi.json").json()["paths"]
 

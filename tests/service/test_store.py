@@ -61,7 +61,7 @@ def test_a_database_of_another_schema_version_is_refused(tmp_path):
     store.connect(url, create=True).dispose()
     with sqlite3.connect(tmp_path / "old.db") as db:
         db.execute("UPDATE abray_meta SET value = '0' WHERE key = 'schema_version'")
-    with pytest.raises(store.SchemaError, match="has schema version 0; this abray needs version 1"):
+    with pytest.raises(store.SchemaError, match=f"has schema version 0; this abray needs version {store.SCHEMA_VERSION}"):
         store.connect(url)
 
 

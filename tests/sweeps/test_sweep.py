@@ -36,6 +36,14 @@ def test_bad_specs_are_refused_before_anything_starts(values, match):
         parse_spec(values)
 
 
+def test_a_specs_warnings_are_its_trials_traps_each_once():
+    spec = parse_spec({"epochs": 4, "grid": {"optimizer": ["sgdm", "ab"], "rho_ramp": [0, 8], "delay": [0, 8]}})
+    found = spec.warnings()
+    assert len(found) == 2 and found[0].startswith("warmup_epochs (5) >= epochs (4)")
+    assert "rho_ramp 0 makes AB brake at full strength" in found[1]  # only the AB trial at D = 0 with rho_ramp 0
+    assert parse_spec({"epochs": 20, "grid": {"delay": [0, 8]}}).warnings() == []
+
+
 def test_a_grid_reports_every_bad_value_by_its_place():
     with pytest.raises(ConfigError) as caught:
         parse_spec({"grid": {"delay": [0, -1], "momentum": [0.9, 1.5]}})

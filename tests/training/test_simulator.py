@@ -7,19 +7,10 @@ import torch.nn.functional as F
 
 from abray.optim import ABSGD
 from abray.optim.staleness import source_version
-from abray.training.data import DataSplit, batch_indices, collate, digits
+from abray.training.data import DataSplit, batch_indices, collate
 from abray.training.models import DigitsCNN
 from abray.training.simulator import train_delayed
 
-
-@pytest.fixture(scope="module")
-def small_digits():
-    full = digits()
-    # a quarter of the data keeps these tests fast; same shapes and classes
-    idx = torch.arange(0, len(full.train), 4)
-    tx, ty = full.train.tensors
-    return DataSplit(train=torch.utils.data.TensorDataset(tx[idx], ty[idx]), test=full.test,
-                     num_classes=10, input_shape=(1, 8, 8))
 
 
 def plain_loop(model, optimizer, data, epochs, batch_size, seed):
@@ -53,7 +44,7 @@ def reference_delayed(model, make_opt, data, delay, epochs, batch_size, seed):
 
 
 OPTIMIZERS = {
-    "ab": lambda ps: ABSGD(ps, lr=0.05, rho=1.0),
+    "ab": lambda ps: ABSGD(ps, lr=0.05, rho=1.0, rho_ramp=0),  # full braking, whatever the staleness
     "sgd": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9),
     "adam": lambda ps: torch.optim.Adam(ps, lr=1e-3),
 }
@@ -153,3 +144,15 @@ def test_negative_delay_is_rejected(small_digits):
     with pytest.raises(ValueError, match="delay must be an integer >= 0"):
         train_delayed(model, ABSGD(model.parameters(), lr=0.1), small_digits, delay=-1, epochs=1,
                       batch_size=16, seed=0)
+
+
+def test_undelayed_ab_in_the_simulator_is_sgdm_exactly(small_digits):
+    """Do no harm: with nothing stale, AB's default braking is off, whatever rho, so its run is SGDM's."""
+    from abray.training.config import parse_config
+    from abray.training.run import run
+
+    common = dict(delay=0, epochs=2, batch_size=16, rho=2.0, warmup_epochs=1)
+    ab = run(parse_config(dict(common, optimizer="ab")), data=small_digits)
+    sgdm = run(parse_config(dict(common, optimizer="sgdm")), data=small_digits)
+    assert [m.test_loss for m in ab] == [m.test_loss for m in sgdm]
+    assert [m.train_loss for m in ab] == [m.train_loss for m in sgdm]

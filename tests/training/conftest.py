@@ -1,0 +1,14 @@
+import pytest
+import torch
+
+from abray.training.data import DataSplit, digits
+
+
+@pytest.fixture(scope="module")
+def small_digits():
+    full = digits()
+    # a quarter of the data keeps these tests fast; same shapes and classes
+    idx = torch.arange(0, len(full.train), 4)
+    tx, ty = full.train.tensors
+    return DataSplit(train=torch.utils.data.TensorDataset(tx[idx], ty[idx]), test=full.test,
+                     num_classes=10, input_shape=(1, 8, 8))
