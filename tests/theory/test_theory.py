@@ -80,8 +80,9 @@ def test_each_problem_brakes_with_its_own_cosine(granularity):
     rng = np.random.default_rng(0)
     lam = rng.uniform(0.1, 10.0, size=(3, 4))
     w0 = rng.standard_normal((3, 4))
+    # AB as the reference loop has it: a constant rho (no ramp with the staleness), the factor not clipped at 0
     losses = simulate_quadratic(lam, lr=0.02, delay=2, steps=60, momentum=0.9, w0=w0, rho=1.0,
-                                granularity=granularity)
+                                granularity=granularity, rho_ramp=0.0, clip_factor=False)
     expected = braked_reference(lam, w0, lr=0.02, momentum=0.9, rho=1.0, delay=2, steps=60)
     np.testing.assert_allclose(losses, expected, rtol=1e-9, atol=1e-300)
     # and the braking acts here: without it the losses differ
