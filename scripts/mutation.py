@@ -109,12 +109,13 @@ def prepare(module: Module, workdir: Path, fresh: bool) -> None:
     (workdir / "pyproject.toml").write_text(pyproject + section)
 
 
-def run(module: Module, workdir: Path, jobs: int) -> None:
+def run(module: Module, workdir: Path, jobs: int, names=None) -> None:
     # the copy's own code, never the checkout's: no PYTHONPATH into the checkout, and mutmut puts mutants/ first
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     # one thread per test process: torch's thread pools would count their CPU time against the mutant's limit
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs), *module.selection()]
+    chosen = module.selection() if names is None else names
+    cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs), *chosen]
     done = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"mutmut failed ({done.returncode}) in {workdir}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
@@ -144,6 +145,8 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "abray-mutation")
     parser.add_argument("--jobs", type=int, default=1, help="test processes at once (default 1)")
     parser.add_argument("--fresh", action="store_true", help="forget earlier results (needed after changing tests)")
+    parser.add_argument("--survivors", action="store_true",
+                        help="after the run, test the mutants left alive again (after new tests: faster than --fresh)")
     parser.add_argument("--list", action="store_true", help="list the modules and exit")
     parser.add_argument("--report", action="store_true", help="print the scores of the last run, running nothing")
     args = parser.parse_args(argv)
@@ -163,6 +166,9 @@ def main(argv=None) -> int:
             print(f"{name}: mutating {module.source} against {' '.join(module.tests)}", flush=True)
             prepare(module, workdir, args.fresh)
             run(module, workdir, args.jobs)
+            left = [k for k, s in statuses(module, workdir).items() if s not in KILLED | NOT_RUN]
+            if args.survivors and left:
+                run(module, workdir, args.jobs, left)
         found = statuses(module, workdir)
         done = {k: s for k, s in found.items() if s not in NOT_RUN}
         killed = sum(s in KILLED for s in done.values())
