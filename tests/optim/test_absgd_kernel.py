@@ -447,3 +447,11 @@ def test_a_learning_rate_of_zero_is_taken_and_a_negative_one_refused_even_as_a_t
     assert ABSGD(w, lr=0.0).defaults["lr"] == 0.0  # a schedule's warmup may start there
     with pytest.raises(ValueError, match=r"lr must be >= 0, got tensor\(-0\.1000\)"):
         ABSGD(w, lr=torch.tensor(-0.1))
+
+
+def test_a_clip_that_is_not_a_bool_and_nesterov_without_momentum_are_refused_by_name():
+    w = [torch.zeros(1, requires_grad=True)]
+    with pytest.raises(ValueError, match=r"^clip_factor must be True or False, got 'yes'$"):
+        ABSGD(w, lr=0.1, clip_factor="yes")
+    with pytest.raises(ValueError, match=r"^nesterov=True requires momentum in \(0, 1\), got momentum=0$"):
+        ABSGD(w, lr=0.1, momentum=0.0, nesterov=True)

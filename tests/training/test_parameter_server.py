@@ -222,6 +222,7 @@ def test_every_method_on_the_server_in_fixed_mode_is_the_simulators_update_for_u
     _, weights = simulate(cfg, DATA)
     assert state.applied_steps == list(range(STEPS_PER_EPOCH))
     assert state.staleness == [min(t, 3) for t in range(STEPS_PER_EPOCH)]
+    assert state.history[-1].staleness_hist == {0: 1, 1: 1, 2: 1, 3: STEPS_PER_EPOCH - 3}  # the epoch's record too
     np.testing.assert_allclose(state.flat.numpy(), weights, rtol=0, atol=1e-5)
 
 
