@@ -400,6 +400,11 @@ def test_large_tensors_are_counted_per_element_and_a_fresh_one_skips_only_itself
     # per tensor: the fresh one first, then one with a velocity (c = 1, reversed at rho 1.5)
     assert braking_counts(as_tensors(["big", "big"]), as_tensors([None, "big"]), rho=1.5, granularity="tensor",
                           foreach=foreach) == {"tensors": 1, "reversed": 1}
+    # on the CPU the counts are Python ints (summed on the tensors they come from, then read back)
+    for granularity in GRANULARITIES:
+        counts = braking_counts(as_tensors([[1.0, -2.0], "big"]), as_tensors([[1.0, 1.0], "big"]), rho=1.5,
+                                granularity=granularity, foreach=foreach)
+        assert all(type(v) is int for v in counts.values()), (granularity, counts)
 
 
 @pytest.mark.parametrize("granularity", ["tensor", "global"])
@@ -415,15 +420,21 @@ def test_a_large_tensors_factor_of_exactly_zero_is_not_reversed(granularity):
 def test_the_flat_blocks_size_limit_depends_on_the_device_and_a_tensor_at_the_limit_is_in_the_block():
     assert flat_max_numel(torch.device("cpu")) == FLAT_MAX_NUMEL_CPU
     assert flat_max_numel(torch.device("meta")) == FLAT_MAX_NUMEL_ACCELERATOR
-    params = [torch.zeros(FLAT_MAX_NUMEL_CPU, requires_grad=True), torch.zeros(FLAT_MAX_NUMEL_CPU + 1,
-                                                                                requires_grad=True)]
-    opt = ABSGD(params, lr=0.1, rho=0.5, foreach=True)
-    for _ in range(2):
-        for p in params:
-            p.grad = torch.ones_like(p)
-        opt.step()
-    at_limit, above = (opt.state[p]["momentum_buffer"] for p in params)
+
+    def trained(foreach):
+        params = [torch.zeros(FLAT_MAX_NUMEL_CPU, requires_grad=True),
+                  torch.zeros(FLAT_MAX_NUMEL_CPU + 1, requires_grad=True)]
+        opt = ABSGD(params, lr=0.1, rho=0.5, foreach=foreach)
+        for _ in range(2):
+            for p in params:
+                p.grad = torch.ones_like(p)
+            opt.step()
+        return params, [opt.state[p]["momentum_buffer"] for p in params]
+
+    params, (at_limit, above) = trained(True)
     assert at_limit._base is not None and above._base is None  # a view of the block; a tensor of its own
+    for p, q in zip(params, trained(False)[0]):  # and each stepped once per step
+        torch.testing.assert_close(p, q)
 
 
 @pytest.mark.parametrize("granularity", GRANULARITIES)
@@ -455,3 +466,12 @@ def test_a_clip_that_is_not_a_bool_and_nesterov_without_momentum_are_refused_by_
         ABSGD(w, lr=0.1, clip_factor="yes")
     with pytest.raises(ValueError, match=r"^nesterov=True requires momentum in \(0, 1\), got momentum=0$"):
         ABSGD(w, lr=0.1, momentum=0.0, nesterov=True)
+
+
+@pytest.mark.parametrize("foreach", PATHS)
+def test_the_kernel_does_not_clip_unless_asked(foreach):
+    # g = v = [1, 0], rho 1.5: c = 1, factor 1 - 1.5 = -0.5 (reversed); v = 0.9 * 1 - 0.5 * 1 = 0.4
+    bufs = [torch.tensor([1.0, 0.0])]
+    absgd([torch.zeros(2)], [torch.tensor([1.0, 0.0])], bufs, lr=0.1, momentum=0.9, weight_decay=0.0,
+          nesterov=False, rho=1.5, granularity="tensor", eps=0.0, foreach=foreach)
+    assert bufs[0].tolist() == pytest.approx([0.4, 0.0])
