@@ -219,7 +219,10 @@ def test_every_method_on_the_server_in_fixed_mode_is_the_simulators_update_for_u
     cfg = config(optimizer=optimizer, epochs=1, delay=3, lr=0.05, **schedule)
     state = server(cfg)
     run_to_the_end(state, Worker(cfg))
-    _, weights = simulate(cfg, DATA)
+    history, weights = simulate(cfg, DATA)
+    # AB counts the updates its braking reversed, as in the simulator; the others count none
+    assert state.history[-1].reversed_fraction == history[-1].reversed_fraction
+    assert (state.history[-1].reversed_fraction is not None) == (optimizer in ("ab", "ab_lwp"))
     assert state.applied_steps == list(range(STEPS_PER_EPOCH))
     assert state.staleness == [min(t, 3) for t in range(STEPS_PER_EPOCH)]
     assert state.history[-1].staleness_hist == {0: 1, 1: 1, 2: 1, 3: STEPS_PER_EPOCH - 3}  # the epoch's record too
