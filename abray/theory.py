@@ -81,9 +81,9 @@ def simulate_quadratic(
     """Train independent quadratics at a fixed delay with the method `optimizer`; return their losses.
 
     `curvatures` of shape (P,) gives P one-dimensional problems; of shape (P, N), P problems with
-    diagonal Hessians diag(curvatures[p]). Each problem is its own parameter tensor in its own parameter
-    group, so problems never share a cosine ("tensor" and "global" granularity both take it over one
-    problem's N coordinates). The updates go through `DelayedUpdates` and the real optimizer of the
+    diagonal Hessians diag(curvatures[p]). Each problem is its own parameter tensor, so problems never share
+    a cosine ("tensor" and "global" granularity both take it over one problem's N coordinates: for "global"
+    each problem gets a parameter group of its own). The updates go through `DelayedUpdates` and the real optimizer of the
     method (`abray.optim.methods`), exactly as in the simulator. Other keyword arguments (rho, granularity,
     nesterov, weight_decay, dc_lambda, lookahead) go to the method. Starting weights are `w0` (a scalar
     or an array of the same shape), or standard normal draws when `seed` is given. Returns the losses
@@ -100,8 +100,11 @@ def simulate_quadratic(
     else:
         w = torch.as_tensor(np.broadcast_to(np.asarray(w0, dtype=np.float64), lam.shape).copy())
     params = [torch.nn.Parameter(row.clone()) for row in w]
-    opt = build_optimizer(optimizer, [{"params": [p]} for p in params], delay, lr=lr, momentum=momentum,
-                          **hyperparameters)
+    # Only AB's global granularity couples the tensors of a group (one cosine over all of them): then each problem
+    # gets a group of its own. Otherwise one group holds them all, which the multi-tensor kernel steps at once.
+    coupled = hyperparameters.get("granularity") == "global"
+    groups = [{"params": [p]} for p in params] if coupled else [{"params": params}]
+    opt = build_optimizer(optimizer, groups, delay, lr=lr, momentum=momentum, **hyperparameters)
     updates = DelayedUpdates(params, opt, delay, predict=METHODS[optimizer].predicts)
     losses = np.empty((steps + 1, lam.shape[0]))
     with torch.no_grad():

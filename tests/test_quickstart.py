@@ -124,7 +124,7 @@ def test_the_quickstart_runs_as_written(tmp_path):
     assert len(list((repo / "runs").glob("digits-ab-D8-seed0-*.csv"))) == 1
     assert f"abray serve runs in the background: http://127.0.0.1:{port}" in out
     assert re.search(r"job 1 \(quickstart\): succeeded, 4/4 done", out), out[-3000:]
-    columns = 1 + len(CONFIG_COLUMNS) + len(METRIC_COLUMNS)  # the DataFrame: 4 trials of 1 epoch, trial_id + ...
+    columns = 2 + len(CONFIG_COLUMNS) + len(METRIC_COLUMNS)  # the DataFrame: 4 trials of 1 epoch, job and trial ids
     assert f"[4 rows x {columns} columns]" in out
     assert "stopping the local Ray head at" in out
     assert not answers(f"127.0.0.1:{port}") and not (repo / "runs" / "service" / "ray_head.json").exists()

@@ -134,6 +134,8 @@ class TrainConfig(BaseModel):
                                                       "default)")
     step_retries: int = Field(3, ge=0, le=100, description="times a step whose gradient fails is tried again "
                                                            "before the run fails with the worker's error")
+    server_shards: int = Field(1, ge=1, le=64, description="parameter servers, each holding a part of the weights "
+                                                           "(Ray runs; more than 1: no restarts, no checkpoints)")
     output: Optional[str] = Field(None, max_length=MAX_PATH_LENGTH, description="per-epoch metrics, .csv or .parquet")
 
     @model_validator(mode="after")
@@ -155,6 +157,11 @@ class TrainConfig(BaseModel):
             if scheme not in STORAGE_SCHEMES:
                 raise ValueError(f"storage_path must be a local path or a URI with scheme {', '.join(STORAGE_SCHEMES)}"
                                  f" (read through pyarrow.fs), got {self.storage_path!r}")
+        if self.server_shards > 1 and self.mode == "simulated":
+            raise ValueError("server_shards > 1 needs mode 'distributed' or 'free' (the simulator has no server)")
+        if self.server_shards > 1 and self.granularity == "global" and METHODS[self.optimizer].strength == "rho":
+            raise ValueError("granularity 'global' takes one cosine over every tensor, which sharded servers cannot "
+                             "compute; use granularity 'tensor' or 'element' with server_shards > 1")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
         return self

@@ -23,12 +23,19 @@ class FlatLayout:
     def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
         return [chunk.view(shape) for chunk, shape in zip(flat.split(self.sizes), self.shapes)]
 
-    def flatten(self, tensors, like: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """One flat tensor from per-parameter tensors; None (an unused parameter) becomes zeros."""
+    def views_of_parts(self, parts: list[torch.Tensor], bounds: list[tuple[int, int]]) -> list[torch.Tensor]:
+        """Every tensor's view, from flat `parts` holding tensors [first, last) each (sharded servers' parts)."""
+        return [v for part, (first, last) in zip(parts, bounds)
+                for v in FlatLayout(self.shapes[first:last]).views(part)]
+
+    def flatten(self, tensors, like: Optional[torch.Tensor] = None, out: Optional[torch.Tensor] = None
+                ) -> torch.Tensor:
+        """One flat tensor from per-parameter tensors (into `out`, when given, on their device); None (an
+        unused parameter) becomes zeros."""
         parts = [t.reshape(-1) if t is not None else torch.zeros(n, dtype=torch.float32, device=like.device
                                                                   if like is not None else "cpu")
                  for t, n in zip(tensors, self.sizes)]
-        return torch.cat(parts)
+        return torch.cat(parts) if out is None else torch.cat(parts, out=out)
 
 
 def tensor_from_store(array: np.ndarray) -> torch.Tensor:
@@ -62,15 +69,28 @@ def load_buffers(model: nn.Module, buffers: Optional[dict]) -> None:
                 b.copy_(torch.as_tensor(buffers[name]))
 
 
-def flat_gradient(model: nn.Module, names: list[str], layout: FlatLayout, train, work: dict, weights: np.ndarray,
-                  device="cpu") -> tuple[float, np.ndarray]:
+def flat_gradient(model: nn.Module, names: list[str], layout: FlatLayout, train, work: dict, weights,
+                  device="cpu", out: Optional[np.ndarray] = None,
+                  bounds: Optional[list[tuple[int, int]]] = None) -> tuple[float, np.ndarray]:
     """What a worker computes for the server's `work` (a step's batch indices and BatchNorm buffers) on the flat
-    `weights` of its version: the batch's loss and its gradient as a flat float32 numpy array, on the CPU."""
+    `weights` of its version (or, with `bounds`, on a list of parts, each holding tensors [first, last): sharded
+    servers'): the batch's loss and its gradient as a flat float32 numpy array, on the CPU (in `out`, when
+    given: the worker's shared-memory slot)."""
     from .data import collate
     from .epochs import batch_gradient
 
     x, y = collate(train, work["indices"])
-    w = layout.views(tensor_from_store(weights).to(device))
+    if bounds is None:
+        w = layout.views(tensor_from_store(weights).to(device))
+    else:
+        w = layout.views_of_parts([tensor_from_store(part).to(device) for part in weights], bounds)
     load_buffers(model, work["buffers"])
     loss, grads = batch_gradient(model, names, w, x.to(device), y.to(device))
-    return loss, layout.flatten(grads, like=w[0]).cpu().numpy()
+    if out is None:
+        return loss, layout.flatten(grads, like=w[0]).cpu().numpy()
+    target = torch.from_numpy(out)
+    if w[0].device.type == "cpu":
+        layout.flatten(grads, like=w[0], out=target)
+    else:  # gathered on the device, then one copy to the host
+        target.copy_(layout.flatten(grads, like=w[0]))
+    return loss, out

@@ -18,6 +18,11 @@ step was requeued, or from before a restart, is dropped, and a step is never app
 a restarted instance resumes from its checkpoint, which lists the steps handed out but not applied, and hands
 those out again, with every step it never reached.
 
+Holders. Each lease is handed to a holder, (worker, generation): one run of a worker's loop. When a loop ends
+without settling what it holds (its worker died), the holder is retired (`retire`) and its leases settled
+(`leases_of`); a retired holder gets no more work, and its late results are dropped like any other of a lease
+no longer held.
+
 Checkpoints (`abray.training.checkpoints`): every `checkpoint_every` updates, at every epoch's end (before the
 epoch is reported, so a restart never reports an epoch again) and at the end, the whole state goes to the run's
 own folder; they carry the run's id and config fingerprint, and one of another run is refused.
@@ -32,7 +37,7 @@ import itertools
 import math
 import time
 import uuid
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -48,6 +53,7 @@ from .delayed import apply_gradients
 from .epochs import EpochLog, EpochMetrics, reversed_fraction, track_braking
 from .flat import FlatLayout, bind_parameters, load_buffers, model_buffers, tensor_from_store
 from .models import build_model
+from .shards import Part
 
 # Free mode: linear weight prediction looks ahead by the mean staleness of this many latest updates.
 PREDICTION_WINDOW = 50
@@ -62,13 +68,19 @@ class ParameterServerState:
     """The parameter server's logic, free of Ray calls so that it reads (and tests) as plain Python.
 
     `test_set` may be given later (set the attribute): it is needed only when an epoch ends.
-    `storage`: the storage root (a local path or a URI) under which this run checkpoints, in its own folder."""
+    `storage`: the storage root (a local path or a URI) under which this run checkpoints, in its own folder.
+    `part`: with sharded servers, the tensors this one (the leader) steps; gradients and versions are of those
+    only, and `fill_others(flat, epoch)` writes the other parts' weights at an epoch's end into `flat` before the
+    model is evaluated (abray.training.shards)."""
 
     def __init__(self, config: TrainConfig, test_set, train_size: int, num_classes: int, storage: Optional[str],
                  run_id: str,
-                 put=lambda array: array, get=lambda handle: handle):
-        # put/get store a version and read it back: the identity here, the Ray object store in the actor
-        self._put, self._get = put, get
+                 put=np.copy, get=lambda handle: handle, drop=lambda handle: None, part: Optional[Part] = None,
+                 fill_others: Optional[Callable[[torch.Tensor, int], None]] = None):
+        # put/get/drop store a version (a snapshot: the array given is a view of the live weights), read it back
+        # and let it go: a copy in memory here; shared memory or the object store in the actor (VersionStore)
+        self._put, self._get, self._drop = put, get, drop
+        self.put_seconds = 0.0  # time spent storing versions, for the per-update breakdown
         self._train_size = train_size
         self.config = config
         self.run_id = run_id
@@ -87,8 +99,13 @@ class ParameterServerState:
         self.layout = FlatLayout([p.shape for _, p in self.model.named_parameters()])
         self.flat = self.layout.flatten([p.detach() for p in self.model.parameters()]).clone()
         self.params = bind_parameters(self.model, self.layout.views(self.flat))
-        self.optimizer = build_optimizer(config, self.params)
-        track_braking(self.optimizer)
+        self.part = part or Part(0, len(self.params), 0, self.layout.numel)
+        self.fill_others = fill_others
+        self.own_params = self.params[self.part.first:self.part.last]
+        self.own_layout = FlatLayout(self.layout.shapes[self.part.first:self.part.last])
+        self.own_flat = self.flat[self.part.start:self.part.stop]
+        self.optimizer = build_optimizer(config, self.own_params)
+        track_braking(self.optimizer)  # with sharded servers, of the leader's part only
         self.scheduler = make_scheduler(config, self.optimizer, self.steps_per_epoch)
         self.predict = METHODS[config.optimizer].predicts
 
@@ -96,6 +113,8 @@ class ParameterServerState:
         self.next_step = 0  # the next step never handed out
         self.requeued: list[int] = []  # steps to hand out again
         self.outstanding: dict[str, tuple[int, int]] = {}  # lease -> (step, version it was handed out with)
+        self.holders: dict[str, tuple] = {}  # lease -> the holder it was handed to, when one was named
+        self.retired: dict = {}  # worker -> its newest retired generation
         self.pending: dict[int, tuple] = {}  # fixed mode: gradients that arrived early
         self.versions: dict = {}  # version -> handle of the weights the workers compute on
         self.failures: dict[int, int] = {}  # step -> failed attempts
@@ -118,32 +137,44 @@ class ParameterServerState:
         recent = self.staleness[-PREDICTION_WINDOW:]
         return float(np.mean(recent)) if recent else 0.0
 
-    def _version_weights(self) -> np.ndarray:
+    def _put_version(self):
+        """The newest weights (or their prediction), stored: `put` snapshots them."""
+        start = time.perf_counter()
         if self.predict:
-            return self.layout.flatten(predicted_weights(self.optimizer, self.params,
-                                                         self.prediction_horizon())).numpy()
-        return self.flat.numpy().copy()
+            weights = self.own_layout.flatten(predicted_weights(self.optimizer, self.own_params,
+                                                                self.prediction_horizon())).numpy()
+        else:
+            weights = self.own_flat.numpy()  # a view: put copies it once (into the object store, in the actor)
+        handle = self._put(weights)
+        self.put_seconds += time.perf_counter() - start
+        return handle
 
     def _store_version(self) -> None:
         if self.fixed or self.applied == 0:  # free mode stores a version only when a step needs it
-            self.versions[self.applied] = self._put(self._version_weights())
-        needed = self._oldest_needed_version()
-        for v in [v for v in self.versions if v < needed]:
-            del self.versions[v]
+            self.versions[self.applied] = self._put_version()
+        self._drop_unneeded_versions()
 
-    def _oldest_needed_version(self) -> int:
-        if not self.fixed:
-            return min([version for _, version in self.outstanding.values()] + [self.applied])
-        return source_version(self.applied, self.delay)
+    def _drop_unneeded_versions(self) -> None:
+        """Fixed mode: the versions a step not yet applied may need, max(0, t - D) for t >= applied. Free mode:
+        those of the leases held, and the newest."""
+        if self.fixed:
+            needed = source_version(self.applied, self.delay)
+            unneeded = [v for v in self.versions if v < needed]
+        else:
+            held = {version for _, version in self.outstanding.values()}
+            unneeded = [v for v in self.versions if v not in held and v != self.applied]
+        for v in unneeded:
+            self._drop(self.versions.pop(v))
 
     # ---- work ---------------------------------------------------------------------------------------
     @property
     def done(self) -> bool:
         return self.applied >= self.total_steps or self.diverged_step is not None or self.failure is not None
 
-    def next_work(self) -> Optional[dict]:
-        """The next (lease, step, batch indices, version) to compute, or None if nothing can start now."""
-        if self.done:
+    def next_work(self, holder: Optional[tuple] = None) -> Optional[dict]:
+        """The next (lease, step, batch indices, version) to compute, handed to `holder` (worker, generation),
+        or None if nothing can start now (or ever, for a retired holder)."""
+        if self.done or (holder is not None and self.is_retired(holder)):
             return None
         if self.requeued:
             step = min(self.requeued)
@@ -158,13 +189,15 @@ class ParameterServerState:
         else:
             version = self.applied
             if version not in self.versions:
-                self.versions[version] = self._put(self._version_weights())
+                self.versions[version] = self._put_version()
         if self.requeued and step == min(self.requeued):
             self.requeued.remove(step)
         else:
             self.next_step += 1
         lease = f"{self.instance}.{next(self._lease_numbers)}"
         self.outstanding[lease] = (step, version)
+        if holder is not None:
+            self.holders[lease] = holder
         epoch, index = divmod(step, self.steps_per_epoch)
         return {"lease": lease, "step": step, "version": version, "weights": self.versions[version],
                 "indices": self._indices(epoch, index), "buffers": self.buffers or None}
@@ -179,12 +212,26 @@ class ParameterServerState:
         """Whether `lease` is one this instance handed out and has not yet settled."""
         return lease in self.outstanding
 
+    def is_retired(self, holder: tuple) -> bool:
+        worker, generation = holder
+        return generation <= self.retired.get(worker, -1)
+
+    def retire(self, holder: tuple) -> None:
+        """The holder's loop has ended: it gets no more work (nor does any earlier generation of its worker)."""
+        worker, generation = holder
+        self.retired[worker] = max(generation, self.retired.get(worker, -1))
+
+    def leases_of(self, holder: tuple) -> list[tuple[str, int]]:
+        """(lease, step) of every lease `holder` holds, oldest first."""
+        return [(lease, self.outstanding[lease][0]) for lease, h in self.holders.items()
+                if h == holder and lease in self.outstanding]
+
     def requeue(self, lease: str) -> bool:
         """The lease's work was lost through no fault of the step (its worker was lost, or the weights it needed
         died with an earlier server): hand the step out again. False for a lease this instance does not hold."""
         if lease not in self.outstanding:
             return False
-        step, _ = self.outstanding.pop(lease)
+        step, _ = self._settle(lease)
         self.requeued.append(step)
         return True
 
@@ -193,7 +240,7 @@ class ParameterServerState:
         failed more than `step_retries` times, fail the run with that error (False; see `failure`)."""
         if lease not in self.outstanding:
             return True  # not this instance's: the step is handed out again anyway
-        step, _ = self.outstanding.pop(lease)
+        step, _ = self._settle(lease)
         self.failures[step] = attempts = self.failures.get(step, 0) + 1
         if attempts > self.config.step_retries:
             self.failure = (f"step {step} failed {attempts} times (step_retries = {self.config.step_retries}); "
@@ -202,13 +249,17 @@ class ParameterServerState:
         self.requeued.append(step)
         return True
 
+    def _settle(self, lease: str) -> tuple[int, int]:
+        self.holders.pop(lease, None)
+        return self.outstanding.pop(lease)
+
     # ---- updates ------------------------------------------------------------------------------------
     def receive(self, lease: str, grad: np.ndarray, loss: float, buffers) -> list[EpochMetrics]:
         """The gradient computed for `lease`. Returns the epochs this completed. A lease this instance does not
         hold (settled already, requeued, or from before a restart) is dropped: no step is applied twice."""
         if self.done or lease not in self.outstanding:
             return []
-        step, version = self.outstanding.pop(lease)
+        step, version = self._settle(lease)
         if not math.isfinite(loss):
             self.diverged_step = step if self.fixed else self.applied
             return self._close_epoch()
@@ -221,11 +272,13 @@ class ParameterServerState:
         return self._apply(step, version, grad, loss, buffers)
 
     def _apply(self, step, version, grad, loss, buffers) -> list[EpochMetrics]:
-        source = self.layout.views(tensor_from_store(self._get(self.versions[version])))  # zero-copy
-        apply_gradients(self.optimizer, self.params, self.layout.views(tensor_from_store(grad)),
+        # the weights the gradient was computed on, zero-copy; read only for a delay-aware optimizer (`prepare`)
+        source = self.own_layout.views(tensor_from_store(self._get(self.versions[version]))) \
+            if hasattr(self.optimizer, "prepare") else ()
+        apply_gradients(self.optimizer, self.own_params, self.own_layout.views(tensor_from_store(grad)),
                         self.applied - version, source)
         self.scheduler.step()
-        for p in self.params:
+        for p in self.own_params:
             p.grad = None
         if buffers:
             self.buffers = buffers
@@ -241,6 +294,9 @@ class ParameterServerState:
         return []
 
     def _close_epoch(self) -> list[EpochMetrics]:
+        if self.fill_others is not None:
+            with torch.no_grad():
+                self.fill_others(self.flat, len(self.history) + 1)
         load_buffers(self.model, self.buffers)
         metrics = self.epoch_log.close(self.model, self.test_set, epoch=len(self.history) + 1, steps=self.applied,
                                        lr=self.optimizer.param_groups[0]["lr"], diverged_step=self.diverged_step,
@@ -293,10 +349,12 @@ class ParameterServerState:
         self.scheduler.load_state_dict(state["scheduler"])
         self.applied, self.next_step = state["applied"], state["next_step"]
         self.requeued, self.failures = list(state["unapplied"]), dict(state["failures"])
+        for handle in self.versions.values():
+            self._drop(handle)
         self.versions = {v: self._put(a) for v, a in state["versions"].items()}
         self.applied_steps, self.history = state["applied_steps"], state["history"]
         self.staleness, self.epoch_log = state["staleness"], state["epoch_log"]
         self.epoch_log.start = time.perf_counter()  # the clock of the process that saved it means nothing here
         self.buffers, self.diverged_step = state["buffers"], state["diverged_step"]
-        self.outstanding, self.pending = {}, {}
+        self.outstanding, self.pending, self.holders = {}, {}, {}
         return True

@@ -1,3 +1,5 @@
+"""Fixtures of the training layer's tests."""
+
 import pytest
 import torch
 
@@ -12,3 +14,12 @@ def small_digits():
     tx, ty = full.train.tensors
     return DataSplit(train=torch.utils.data.TensorDataset(tx[idx], ty[idx]), test=full.test,
                      num_classes=10, input_shape=(1, 8, 8))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: a second thread only fights the other processes on this machine for a core."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

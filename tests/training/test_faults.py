@@ -31,7 +31,9 @@ def data():
 
 class Chaos:
     """Kills actors of the run as updates are applied: at each point (updates applied so far, as the driver hears
-    them) one target, restartable, except that the last kill takes a worker for good."""
+    them) one target, restartable, except that the last kill takes a worker for good. A server kill waits for an
+    instance not killed yet (Ray's kill is asynchronous: two kills close together could otherwise both land on
+    one instance, and the run would see one restart where the plan meant two)."""
 
     def __init__(self, seed: int, updates: int, workers: int):
         rng = random.Random(seed)
@@ -40,6 +42,7 @@ class Chaos:
         points = sorted(rng.sample(range(3, updates - 10), len(targets) + 1))
         self.plan = list(zip(points, targets + [f"worker-{rng.randrange(workers)}"]))
         self.done: list[tuple] = []
+        self.killed_servers: set[str] = set()  # instances
 
     def __call__(self, update: dict) -> None:
         if len(self.done) == len(self.plan) or update["applied"] < self.plan[len(self.done)][0]:
@@ -48,7 +51,16 @@ class Chaos:
         last = len(self.done) == len(self.plan) - 1
         name = f"abray-ps-{update['run_id']}" if target == "server" else \
             f"abray-worker-{update['run_id']}-{target.split('-')[1]}"
-        ray.kill(ray.get_actor(name), no_restart=last)
+        actor = ray.get_actor(name)
+        if target == "server":
+            try:
+                instance = ray.get(actor.ping.remote(), timeout=30)["instance"]
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                return  # still going down or coming back: at a later update
+            if instance in self.killed_servers:
+                return
+            self.killed_servers.add(instance)
+        ray.kill(actor, no_restart=last)
         self.done.append((update["applied"], target))
 
 
@@ -82,6 +94,29 @@ def test_a_step_that_fails_every_time_fails_the_run_with_the_workers_error(tmp_p
         train_distributed(config, corrupt)
     assert time.monotonic() - start < 60
     assert not list(tmp_path.iterdir())
+
+
+def test_a_worker_waiting_for_work_when_the_server_dies_gets_it_from_the_restarted_server(tmp_path, data):
+    # W = 2, D = 0: each step needs the weights of the one before, so one worker always waits inside the server
+    config = parse_config({"mode": "distributed", "optimizer": "ab", "workers": 2, "delay": 0, "epochs": 1,
+                           "batch_size": 64, "checkpoint_every": 5, "storage_path": str(tmp_path)})  # 22 steps
+    segments: set[str] = set()
+
+    def kill_the_server_once(update):
+        segments.update(p.name for p in Path("/dev/shm").glob(f"abray-{update['run_id']}-*"))
+        if update["applied"] >= 8 and not segments & {"killed"}:
+            segments.add("killed")
+            ray.kill(ray.get_actor(f"abray-ps-{update['run_id']}"), no_restart=False)
+
+    result = train_distributed(config, data, on_update=kill_the_server_once)
+    assert result.server_restarts == 1
+    assert result.applied_steps == list(range(22))  # every step once, in order
+    assert np.abs(result.weights - simulate(config, data)[1]).max() <= 1e-6
+    run_id = Path(result.checkpoint).name
+    # weights and gradients went through shared memory (the server's versions, the workers' gradients), all of it
+    # gone at the end, the killed instance's too
+    assert any("-v-" in s for s in segments) and any("-w" in s for s in segments)
+    assert not list(Path("/dev/shm").glob(f"abray-{run_id}-*"))
 
 
 MULTINODE = Path(__file__).with_name("multinode_run.py")

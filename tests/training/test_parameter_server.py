@@ -18,13 +18,7 @@ DATA = digits()
 STEPS_PER_EPOCH = len(DATA.train) // 64  # 22
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: a second thread only fights the other processes on this machine for a core."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config(**kw):
