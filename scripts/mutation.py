@@ -69,7 +69,9 @@ MODULES = {
                                                        "tests/optim/test_absgd_kernel.py")),
     "absgd": Module("abray/optim/absgd.py", ("tests/optim/test_absgd.py", "tests/optim/test_braking.py",
                                              "tests/optim/test_absgd_kernel.py")),
-    "parameter_server": Module("abray/training/parameter_server.py", ("tests/training/test_parameter_server.py",),
+    "parameter_server": Module("abray/training/parameter_server.py", ("tests/training/test_parameter_server.py",
+                                                                      "tests/training/test_exchange.py",
+                                                                      "tests/training/test_shards.py"),
                                ("xǁParameterServerStateǁ*",)),
 }
 
