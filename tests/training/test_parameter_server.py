@@ -310,3 +310,42 @@ def test_a_batchnorm_models_statistics_go_out_with_the_work_and_come_back_for_th
     evaluated = model_buffers(state.model)
     assert all(np.array_equal(evaluated[k], state.buffers[k]) for k in evaluated)
     assert not all(np.array_equal(evaluated[k], initial[k]) for k in evaluated)
+
+
+def test_holders_by_hand_a_retired_generation_and_every_earlier_one_and_each_holders_own_leases():
+    cfg = config(mode="free")
+    state, worker = server(cfg), Worker(cfg)
+    a, b = ("w1", 0), ("w2", 0)
+    first, second, third = state.next_work(a), state.next_work(b), state.next_work(a)
+    assert state.leases_of(a) == [(first["lease"], 0), (third["lease"], 2)] and state.leases_of(b) == [
+        (second["lease"], 1)]
+    state.receive(*worker(first))
+    assert state.leases_of(a) == [(third["lease"], 2)] and first["lease"] not in state.holders  # settled
+    assert not state.is_retired(("w1", 0))
+    state.retire(("w1", 3))
+    state.retire(("w1", 1))  # an older loop ending later does not un-retire the newer ones
+    assert state.is_retired(("w1", 2)) and state.is_retired(("w1", 3)) and not state.is_retired(("w1", 4))
+    state.retire(("w3", 0))
+    assert state.is_retired(("w3", 0)) and not state.is_retired(("w3", 1)) and not state.is_retired(("w2", 0))
+
+
+def test_a_sharded_leader_has_the_other_parts_filled_in_before_each_epochs_evaluation():
+    filled = []
+    cfg = config(epochs=1)
+    state = ParameterServerState(cfg, DATA.test, len(DATA.train), DATA.num_classes, None, "run-a",
+                                 fill_others=lambda flat, epoch: filled.append((flat, epoch)))
+    run_to_the_end(state, Worker(cfg))
+    assert len(filled) == 1 and filled[0][0] is state.flat and filled[0][1] == 1
+
+
+def test_a_restored_server_drops_the_versions_it_held_before(tmp_path):
+    dropped = []
+    cfg = config(mode="free", checkpoint_every=2, epochs=1)
+    state, worker = server(cfg, tmp_path), Worker(cfg)
+    for _ in range(2):
+        state.receive(*worker(state.next_work()))
+    restarted = ParameterServerState(cfg, DATA.test, len(DATA.train), DATA.num_classes, str(tmp_path), "run-a",
+                                     drop=dropped.append)
+    held = list(restarted.versions.values())
+    assert restarted.restore() and len(held) == 1
+    assert [id(h) for h in dropped] == [id(h) for h in held]  # version 0, made at its start
