@@ -349,3 +349,22 @@ def test_a_restored_server_drops_the_versions_it_held_before(tmp_path):
     held = list(restarted.versions.values())
     assert restarted.restore() and len(held) == 1
     assert [id(h) for h in dropped] == [id(h) for h in held]  # version 0, made at its start
+
+
+def test_the_time_spent_storing_versions_adds_up_every_put():
+    import time
+
+    puts = []
+
+    def slow_put(array):  # each put takes at least 5 ms, so the total has a floor the test knows
+        puts.append(array.size)
+        time.sleep(0.005)
+        return np.copy(array)
+
+    cfg = config(mode="free", epochs=1)
+    start = time.perf_counter()
+    state = ParameterServerState(cfg, DATA.test, len(DATA.train), DATA.num_classes, None, "run-a", put=slow_put)
+    worker = Worker(cfg)
+    for _ in range(3):
+        state.receive(*worker(state.next_work()))
+    assert len(puts) == 3 and 0.005 * len(puts) <= state.put_seconds <= time.perf_counter() - start
