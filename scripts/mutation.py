@@ -5,6 +5,7 @@ share of mutants the tests kill is printed per module, with every survivor's dif
     python scripts/mutation.py staleness store # some of them
     python scripts/mutation.py --list          # the modules, their code and their tests
     python scripts/mutation.py --report        # the scores of the last run again, running nothing
+    python scripts/mutation.py --survivors peers  # after adding tests: re-test only the mutants left alive
 
 Each module runs in a scratch copy of the checkout (--workdir, default $TMPDIR/abray-mutation/<module>), so the
 working tree gets no `mutants/` folder and two modules never share mutmut's state. mutmut keeps its results there:
