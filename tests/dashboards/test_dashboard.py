@@ -543,7 +543,8 @@ def test_reads_that_need_the_token_ask_for_it(browser, ray_cluster, tmp_path):
 
         page.reload()  # the token is remembered
         page.wait_for_selector(f'#jobs-table tr[data-job-id="{job_id}"]')
-        assert page.evaluate("document.body.dataset.state") == "ready"
+        # the row can be drawn a moment before the page says it is ready: wait for that, not assert it at once
+        page.wait_for_selector("body[data-state=ready]")
         watched.assert_clean(allow_status=(401,))
     finally:
         watched.close()
