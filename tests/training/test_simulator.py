@@ -113,6 +113,22 @@ def test_reports_per_epoch_metrics(small_digits):
     assert history[-1].train_loss < history[0].train_loss and history[-1].test_accuracy > 0.15  # it learns
 
 
+def test_the_reported_staleness_is_each_updates_own(small_digits):
+    # 80 examples in batches of 16: 5 updates an epoch. At D = 3 the first three updates are 0, 1 and 2 stale.
+    tx, ty = small_digits.train.tensors
+    data = DataSplit(train=torch.utils.data.TensorDataset(tx[:80], ty[:80]), test=small_digits.test, num_classes=10,
+                     input_shape=(1, 8, 8))
+    torch.manual_seed(0)
+    model = DigitsCNN()
+    history = train_delayed(model, torch.optim.SGD(model.parameters(), lr=0.01), data, delay=3, epochs=2,
+                            batch_size=16, seed=0)
+    first, second = history
+    assert (first.steps, second.steps) == (5, 10)
+    assert first.staleness_hist == {0: 1, 1: 1, 2: 1, 3: 2} and first.staleness_max == 3
+    assert first.staleness_mean == pytest.approx(9 / 5)
+    assert second.staleness_hist == {3: 5} and second.staleness_max == 3 and second.staleness_mean == 3.0
+
+
 def test_non_finite_loss_stops_cleanly_as_diverged(small_digits):
     torch.manual_seed(0)
     model = DigitsCNN()
