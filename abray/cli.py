@@ -144,6 +144,11 @@ def cmd_advise(args: argparse.Namespace) -> int:
     if advised is not None:
         print(f"configured: {config.optimizer}, lr {config.lr:g} ({config.lr / advised:.2g}x the advised "
               f"{advised:.3g})")
+    # The edge is the curvature at initialisation's: sharpness grows as unnormalized networks train, and BatchNorm
+    # makes the bound loose (docs/when-ab-works.md measured both), so the number is a bound, not a recommendation.
+    print("a bound from the curvature at initialisation, not an lr to train at: without normalization layers "
+          "sharpness grows as training goes on, so train well below it; with BatchNorm it is cautious "
+          "(docs/when-ab-works.md)")
     _warn([w for w in [delay_warning(config, advice)] if w])
     return 0
 

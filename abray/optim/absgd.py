@@ -93,8 +93,9 @@ class ABSGD(Optimizer):
 
     Without either (``delay=None``, the default) the staleness is unknown and ABSGD brakes at full
     strength ``rho`` every step, as the paper's AB does: safe under delay, but in an undelayed loop it
-    costs accuracy (it reverses aligned gradients whenever ``c > 1 / rho``). ``rho_ramp=0`` always
-    brakes at full strength.
+    costs accuracy (it stops aligned gradients whenever ``c > 1 / rho``, and reverses them with
+    ``clip_factor=False``). ``rho_ramp=0`` always brakes at full strength. The staleness is not part of
+    ``state_dict()``: after loading one, pass ``delay=`` again or call ``prepare()`` before stepping.
 
     Args:
         params: parameters or parameter groups; every hyperparameter below may be set per group.

@@ -53,6 +53,7 @@ def test_advise_prints_the_stable_lrs_and_refuses_bad_options(tmp_path):
     sgdm_lr = float(lines[3].split()[1])
     assert sgdm_lr == pytest.approx(0.00406 / top, rel=0.01)  # SGDM's edge at D = 32, momentum 0.9
     assert "warning: at delay 32" in res.stderr  # lr 0.5 is far above the advice
+    assert "a bound from the curvature at initialisation, not an lr to train at" in res.stdout
     bad = abray("advise", "--batches", "0", cwd=tmp_path)
     assert bad.returncode == 2 and "batches: must be in [1, 1000]" in bad.stderr and "Traceback" not in bad.stderr
 
