@@ -10,19 +10,21 @@ from torch import nn
 from .data import SEQUENCE_LENGTH, SEQUENCE_VOCAB, TEACHER_INPUTS
 
 
+def conv_block(cin: int, cout: int, kernel: int, stride: int, batchnorm: bool) -> list[nn.Module]:
+    """A same-padded convolution, then BatchNorm (which makes the convolution's bias redundant) if asked, then ReLU."""
+    layers = [nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=not batchnorm)]
+    if batchnorm:
+        layers.append(nn.BatchNorm2d(cout))
+    return layers + [nn.ReLU(inplace=True)]
+
+
 class DigitsCNN(nn.Module):
     """Two 3x3 convolutions, a 2x2 max-pool and two linear layers for 8x8 inputs (about 40k weights)."""
 
     def __init__(self, num_classes: int = 10, batchnorm: bool = False, width: int = 32):
         super().__init__()
-
-        def block(cin, cout):
-            layers = [nn.Conv2d(cin, cout, 3, padding=1, bias=not batchnorm)]
-            if batchnorm:
-                layers.append(nn.BatchNorm2d(cout))
-            return layers + [nn.ReLU(inplace=True)]
-
-        self.features = nn.Sequential(*block(1, width // 2), *block(width // 2, width), nn.MaxPool2d(2))
+        self.features = nn.Sequential(*conv_block(1, width // 2, 3, 1, batchnorm),
+                                      *conv_block(width // 2, width, 3, 1, batchnorm), nn.MaxPool2d(2))
         self.classifier = nn.Sequential(
             nn.Flatten(), nn.Linear(width * 16, 64), nn.ReLU(inplace=True), nn.Linear(64, num_classes)
         )
@@ -49,14 +51,8 @@ class MnistCNN(nn.Module):
 
     def __init__(self, num_classes: int = 10, batchnorm: bool = False, width: int = 32):
         super().__init__()
-
-        def block(cin, cout, kernel):
-            layers = [nn.Conv2d(cin, cout, kernel, stride=2, padding=kernel // 2, bias=not batchnorm)]
-            if batchnorm:
-                layers.append(nn.BatchNorm2d(cout))
-            return layers + [nn.ReLU(inplace=True)]
-
-        self.features = nn.Sequential(*block(1, width // 2, 5), *block(width // 2, width, 3))
+        self.features = nn.Sequential(*conv_block(1, width // 2, 5, 2, batchnorm),
+                                      *conv_block(width // 2, width, 3, 2, batchnorm))
         self.classifier = nn.Sequential(
             nn.Flatten(), nn.Linear(width * 49, 64), nn.ReLU(inplace=True), nn.Linear(64, num_classes)
         )
