@@ -49,10 +49,11 @@ def test_braking_changes_the_trajectory(foreach):
 
 
 @pytest.mark.parametrize("granularity", ["tensor", "global", "element"])
-@pytest.mark.parametrize("nesterov,weight_decay", [(False, 0.0), (True, 1e-2)])
-def test_foreach_and_single_tensor_paths_agree(granularity, nesterov, weight_decay):
+# rho 2 stops many gradients with the default clipping: 74 (tensor) and 32 (global) in these 60 steps
+@pytest.mark.parametrize("rho,nesterov,weight_decay", [(1.5, False, 0.0), (1.5, True, 1e-2), (2.0, False, 1e-2)])
+def test_foreach_and_single_tensor_paths_agree(granularity, rho, nesterov, weight_decay):
     a, b = make_model(), make_model()
-    kw = dict(lr=0.05, rho=1.5, granularity=granularity, nesterov=nesterov, weight_decay=weight_decay)
+    kw = dict(lr=0.05, rho=rho, granularity=granularity, nesterov=nesterov, weight_decay=weight_decay)
     train(a, ABSGD(a.parameters(), foreach=False, **kw), 60)
     train(b, ABSGD(b.parameters(), foreach=True, **kw), 60)
     for p, q in zip(a.parameters(), b.parameters()):
@@ -387,16 +388,6 @@ def test_every_path_of_the_kernel_stops_an_aligned_gradient_when_clipping(numel,
         opt.step()
         torch.testing.assert_close(opt.state[w]["momentum_buffer"], torch.full((numel,), expected_v))
         torch.testing.assert_close(w.detach(), torch.full((numel,), -0.1 * expected_v))
-
-
-@pytest.mark.parametrize("granularity", ["tensor", "global"])
-def test_clipped_foreach_and_single_tensor_paths_agree(granularity):
-    a, b = make_model(), make_model()
-    kw = dict(lr=0.05, rho=2.0, granularity=granularity, weight_decay=1e-2)  # 74 (tensor), 32 (global) stops
-    train(a, ABSGD(a.parameters(), foreach=False, **kw), 60)
-    train(b, ABSGD(b.parameters(), foreach=True, **kw), 60)
-    for p, q in zip(a.parameters(), b.parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("clip_factor", [True, False])
