@@ -6,6 +6,7 @@ A thin class over the functional kernel in `abray.optim.functional`, in the mann
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Optional
 
 import torch
@@ -34,15 +35,21 @@ def braking_strength(rho: float, staleness: Optional[int], rho_ramp: float) -> f
     return rho * min(1.0, staleness / rho_ramp)
 
 
+def check_number(name: str, value: Any, allowed: str, inside: Callable[[float], bool]) -> None:
+    """Raise ValueError("NAME must be ALLOWED, got VALUE") unless `value` is a finite real number (a one-element
+    tensor counts) for which `inside` holds. None, a string or inf gets the same message as a number out of range,
+    never a TypeError from a comparison."""
+    number = value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
+    if (isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number)
+            or not inside(number)):
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
 def check_sgd_hyperparameters(lr: Any, momentum: float, weight_decay: float) -> None:
     """The checks every SGD-with-momentum method shares (ABSGD and the peers)."""
-    lr_value = lr.item() if isinstance(lr, torch.Tensor) else lr
-    if not lr_value >= 0.0:
-        raise ValueError(f"lr must be >= 0, got {lr!r}")
-    if not 0.0 <= momentum < 1.0:
-        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
-    if not weight_decay >= 0.0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+    check_number("lr", lr, ">= 0 and finite", lambda v: v >= 0.0)
+    check_number("momentum", momentum, "in [0, 1)", lambda v: 0.0 <= v < 1.0)
+    check_number("weight_decay", weight_decay, ">= 0 and finite", lambda v: v >= 0.0)
 
 
 def check_hyperparameters(
@@ -59,14 +66,11 @@ def check_hyperparameters(
 ) -> None:
     """Raise ValueError naming the first hyperparameter outside its allowed range."""
     check_sgd_hyperparameters(lr, momentum, weight_decay)
-    if not rho >= 0.0:
-        raise ValueError(f"rho must be >= 0, got {rho!r}")
+    check_number("rho", rho, ">= 0 and finite", lambda v: v >= 0.0)
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {', '.join(map(repr, GRANULARITIES))}, got {granularity!r}")
-    if not eps > 0.0:
-        raise ValueError(f"eps must be > 0, got {eps!r}")
-    if not rho_ramp >= 0.0:
-        raise ValueError(f"rho_ramp must be >= 0, got {rho_ramp!r}")
+    check_number("eps", eps, "> 0 and finite", lambda v: v > 0.0)
+    check_number("rho_ramp", rho_ramp, ">= 0 and finite", lambda v: v >= 0.0)
     if not isinstance(clip_factor, bool):
         raise ValueError(f"clip_factor must be True or False, got {clip_factor!r}")
     if nesterov and momentum == 0:

@@ -184,6 +184,13 @@ def test_parameter_groups_have_their_own_hyperparameters():
         (dict(nesterov=True, momentum=0.0), r"nesterov=True requires momentum in \(0, 1\)"),
         (dict(weight_decay=-1e-4), r"weight_decay must be >= 0"),
         (dict(eps=0.0), r"eps must be > 0"),
+        (dict(lr=float("inf")), r"lr must be >= 0 and finite, got inf"),
+        (dict(lr=None), r"lr must be >= 0 and finite, got None"),
+        (dict(lr="0.1"), r"lr must be >= 0 and finite, got '0.1'"),
+        (dict(rho=float("inf")), r"rho must be >= 0 and finite, got inf"),
+        (dict(rho=float("nan")), r"rho must be >= 0 and finite, got nan"),
+        (dict(rho_ramp=float("inf")), r"rho_ramp must be >= 0 and finite, got inf"),
+        (dict(momentum=float("nan")), r"momentum must be in \[0, 1\), got nan"),
     ],
 )
 def test_invalid_hyperparameters_name_the_parameter_and_range(kwargs, match):
