@@ -322,13 +322,23 @@ def test_without_ray_address_jobs_run_on_the_services_own_head_which_outlives_a_
         server.proc.wait(timeout=30)
     assert stop.returncode == 0, stop.stderr
     assert f"stopping the local Ray head at {address}" in stop.stdout and "stopping abray serve" in stop.stdout
-    assert not answers(address) and not [p for p in psutil.process_iter() if _session(p) == session]
+    assert not answers(address) and not [p for p in psutil.process_iter() if _session(p) == session and _running(p)]
     assert not current_cluster.exists() and not (tmp_path / "ray_head.json").exists()
     init = subprocess.run([sys.executable, "-c", "import ray; ray.init(num_cpus=1, include_dashboard=False); "
                            "print(ray.cluster_resources()['CPU']); ray.shutdown()"],
                           capture_output=True, text=True, timeout=120, env=dict(os.environ, **env))
     assert init.returncode == 0 and init.stdout.split()[-1] == "1.0", init.stderr[-2000:]
     shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _running(proc) -> bool:
+    """Not a zombie: one has exited and waits only for its parent (init, here) to reap it."""
+    import psutil
+
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _session(proc):
