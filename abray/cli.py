@@ -288,7 +288,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = from_env()  # refuse bad settings before anything starts
     if args.stop:
-        background.stop_service(settings.storage)
+        background.stop_service(settings.storage, database=settings.database)
         return 0
     _check_database(settings)
     if not _port_is_free(args.host, args.port):
@@ -456,7 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--detach", action="store_true", help="run in the background (log: STORAGE/serve.log); "
                                                             "return once it is ready")
     mode.add_argument("--stop", action="store_true", help="stop this storage's service and the local Ray head it "
-                                                          "started (no other Ray), then exit")
+                                                          "started (no other Ray), cancelling the jobs still "
+                                                          "running on that head, then exit")
     serve.set_defaults(func=cmd_serve)
 
     client_flags = _client_flags()

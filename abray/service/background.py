@@ -18,7 +18,7 @@ from typing import Callable, Optional
 
 import httpx
 
-from .cluster import stop_command, stop_local_head
+from .cluster import head_record, stop_command, stop_local_head
 
 SERVER_RECORD = "serve.json"
 LOG = "serve.log"
@@ -93,9 +93,45 @@ def start_background(argv: list[str], storage: Path, url: str, write: Callable[[
     return 0
 
 
-def stop_service(storage: Path, write: Callable[[str], None] = print, grace_s: float = 30.0) -> bool:
+STOPPED = "abray serve --stop ended the service and the Ray head its jobs ran on"
+
+
+def cancel_local_jobs(database: str, write: Callable[[str], None] = print) -> int:
+    """End the drivers of the running jobs (on this machine, where the service starts them) and mark the jobs
+    cancelled, saying why: their cluster, the service's local head, is about to end under them, and no service is
+    left to notice the drivers fail. Returns how many jobs were cancelled."""
+    from sqlalchemy import select
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from . import processes, store
+
+    cancelled = 0
+    try:
+        engine = store.connect(database)
+        sessions = store.session_factory(engine)
+        with sessions() as session:
+            running = session.scalars(select(store.Job).where(store.Job.status == "running")).all()
+        for job in running:
+            alive = processes.driver_alive(job.driver_pid, job.driver_host)
+            if alive is None and job.driver_pid is not None:
+                continue  # a driver on another machine: not this head's
+            if alive:
+                processes.kill_driver(job.driver_pid)
+            with sessions.begin() as session:
+                cancelled += store.finish(session, job.id, "cancelled", STOPPED)
+        engine.dispose()
+    except (store.MissingDatabase, store.SchemaError, SQLAlchemyError) as err:
+        write(f"running jobs not cancelled: {str(err).splitlines()[0]}; the service marks them when it starts again")
+    if cancelled:
+        write(f"cancelled {cancelled} running job{'s' if cancelled > 1 else ''} (their drivers ended)")
+    return cancelled
+
+
+def stop_service(storage: Path, write: Callable[[str], None] = print, grace_s: float = 30.0,
+                 database: Optional[str] = None) -> bool:
     """Stop the storage's `abray serve` (SIGTERM, then SIGKILL after `grace_s`) and the local Ray head it
-    started, nothing else; True if there was anything to stop. Running jobs stop with the head."""
+    started, nothing else; True if there was anything to stop. Jobs running on that head (in `database`, the
+    service's) are cancelled first, their drivers ended; on RAY_ADDRESS's cluster they go on."""
     running = _running_server(storage)
     if running:
         write(f"stopping abray serve (pid {running['pid']}, {running['url']})")
@@ -106,6 +142,8 @@ def stop_service(storage: Path, write: Callable[[str], None] = print, grace_s: f
         if _running_server(storage):
             os.kill(running["pid"], signal.SIGKILL)
         (storage / SERVER_RECORD).unlink(missing_ok=True)
+    if database is not None and head_record(storage) is not None:
+        cancel_local_jobs(database, write)
     address = stop_local_head(storage, write=write)
     if address is None:
         write(f"no local Ray head recorded in {storage} (the service ran on RAY_ADDRESS, or never started one)")
