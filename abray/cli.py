@@ -288,7 +288,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = from_env()  # refuse bad settings before anything starts
     if args.stop:
-        background.stop_service(settings.storage, database=settings.database)
+        background.stop_service(settings.storage)
         return 0
     _check_database(settings)
     if not _port_is_free(args.host, args.port):

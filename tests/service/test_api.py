@@ -331,7 +331,7 @@ def test_without_ray_address_jobs_run_on_the_services_own_head_which_outlives_a_
     assert stop.returncode == 0, stop.stderr
     assert f"stopping the local Ray head at {address}" in stop.stdout and "stopping abray serve" in stop.stdout
     # its driver ended with the head, and the job says why it stopped
-    assert "cancelled 1 running job (their drivers ended)" in stop.stdout, stop.stdout
+    assert "ended 1 running job on the head; 1 marked cancelled" in stop.stdout, stop.stdout
     assert not processes.driver_alive(driver_pid, socket.gethostname())
     with sqlite3.connect(tmp_path / "abray.db") as db:
         status, error = db.execute("SELECT status, error FROM jobs WHERE id = ?", (long_job["id"],)).fetchone()
