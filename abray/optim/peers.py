@@ -50,7 +50,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .absgd import check_number, check_sgd_hyperparameters
+from .absgd import check_flag, check_number, check_sgd_hyperparameters
 from .functional import absgd
 from .staleness import check_delay
 
@@ -122,8 +122,12 @@ class DelayAwareSGD(Optimizer):
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
         g = self.param_groups[-1]
-        check_sgd_hyperparameters(g["lr"], g["momentum"], g["weight_decay"])
-        self._check_group(g)
+        try:
+            check_sgd_hyperparameters(g["lr"], g["momentum"], g["weight_decay"])
+            self._check_group(g)
+        except ValueError:
+            self.param_groups.pop()  # a refused group is not kept: a caller that catches the error steps without it
+            raise
 
     def _check_group(self, group: dict) -> None:
         pass
@@ -168,6 +172,7 @@ class DCASGD(DelayAwareSGD):
         check_number("dc_lambda", group["dc_lambda"], ">= 0 and finite", lambda v: v >= 0)
         check_number("ms_decay", group["ms_decay"], "in [0, 1)", lambda v: 0 <= v < 1)
         check_number("eps", group["eps"], "> 0 and finite", lambda v: v > 0)
+        check_flag("adaptive", group["adaptive"])
 
     def _update(self, group, params, grads, bufs):
         sq = [self.state[p].get("sq_avg") for p in params]

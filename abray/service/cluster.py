@@ -132,7 +132,7 @@ def _exited(psutil, p) -> bool:
     """Gone, or a zombie: it has exited and waits only for its parent (often init, for a head whose `ray start`
     has returned) to reap it, which on some systems happens seconds later."""
     try:
-        return p.status() == psutil.STATUS_ZOMBIE
+        return not p.is_running() or p.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
     except psutil.Error:
         return True
 
