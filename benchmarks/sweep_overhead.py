@@ -10,8 +10,9 @@ Reported: both wall times and their ratio; Tune's fixed cost per sweep (wall tim
 a time: Ray's start, Tune's set-up, the trial processes' start and imports, teardown) and per trial (a trial's
 time in Tune less its training). Two bounds, also measured in the run: the floor, the same 8 runs in two plain
 processes of one thread each with no Ray and no Tune (what any scheduler of one run per CPU could reach here,
-at zero overhead); and packing, one training step of 8 digits CNNs run one after another against the 8 as one
-batched model (`torch.func.vmap`), which is what stepping several small trials in one process would save. `--compare-with PATH` runs the same sweep with another checkout's abray (say
+at zero overhead); and packing, the forward and backward pass of 8 digits CNNs one after another against the 8
+as one batched model (`torch.func.vmap`), the part of a step that several small trials in one process could
+share. `--compare-with PATH` runs the same sweep with another checkout's abray (say
 main, from `git archive`) in a process (and Ray) of its own, after this checkout's, for a same-run ratio.
 
     python benchmarks/sweep_overhead.py [--epochs 60] [--compare-with /tmp/abray-main]
@@ -44,6 +45,7 @@ from abray.training.models import build_model
 from abray.training.run import run
 
 GRID = {"optimizer": ["sgdm", "ab"], "delay": [0, 8], "seed": [0, 1]}
+DEFAULT_THREADS = torch.get_num_threads()  # before `serial` picks its count
 
 
 def serial(epochs: int) -> tuple[float, float, int]:
@@ -81,8 +83,8 @@ def floor(epochs: int) -> float:
 
 
 def packing(models: int = 8, steps: int = 200) -> dict:
-    """ms per training step (forward and backward, batch 32) of `models` digits CNNs: one after another, and as one
-    model batched with torch.func.vmap; at 1 and 2 threads."""
+    """ms per forward and backward pass (batch 32; no optimizer step, no data handling) of `models` digits CNNs: one
+    after another, and as one model batched with torch.func.vmap; at 1 thread and at torch's default count."""
     nets = [build_model("digits_cnn", 10) for _ in range(models)]
     names = [n for n, _ in nets[0].named_parameters()]
     shell = copy.deepcopy(nets[0]).to("meta")
@@ -103,7 +105,7 @@ def packing(models: int = 8, steps: int = 200) -> dict:
         torch.autograd.grad(vmap(loss_of)(leaves, x, y).sum(), leaves)
 
     times, threads = {}, torch.get_num_threads()
-    for n in sorted({1, threads}):
+    for n in sorted({1, DEFAULT_THREADS}):
         torch.set_num_threads(n)
         for fn in (one_by_one, batched):
             for _ in range(10):
@@ -172,14 +174,14 @@ def main() -> None:
           f"no Ray, no Tune: one run per CPU at zero overhead)", flush=True)
     packed = packing()
     for n in sorted({n for _, n in packed}):
-        print(f"  packing 8 digits CNNs, {n} thread{'s' if n > 1 else ''}: {packed[('one_by_one', n)]:.2f} ms a step one "
-              f"after another, {packed[('batched', n)]:.2f} ms batched  ->  "
+        print(f"  packing 8 digits CNNs, {n} thread{'s' if n > 1 else ''}: {packed[('one_by_one', n)]:.2f} ms a "
+              f"pass one after another, {packed[('batched', n)]:.2f} ms batched  ->  "
               f"{packed[('batched', n)] / packed[('one_by_one', n)]:.2f}x", flush=True)
     tune = tune_sweep(args.epochs)
     describe("Ray Tune, this checkout", tune, serial_wall)
-    print(f"  {'on a running cluster':22s} {tune['wall'] - tune['ray_init']:6.1f} s  ->  "
-          f"{(tune['wall'] - tune['ray_init']) / serial_wall:.2f}x serial (the same sweep less ray.init, as in the "
-          f"job service or with RAY_ADDRESS)", flush=True)
+    print(f"  {'less ray.init':22s} {tune['wall'] - tune['ray_init']:6.1f} s  ->  "
+          f"{(tune['wall'] - tune['ray_init']) / serial_wall:.2f}x serial (computed: what a running cluster, the job "
+          f"service's or RAY_ADDRESS's, would save)", flush=True)
     if args.compare_with:
         describe("Ray Tune, --compare-with", compare(args.compare_with, args.epochs), serial_wall)
     print(f"  load average at the end {os.getloadavg()[0]:.1f}")
