@@ -32,10 +32,17 @@ def _default(field) -> str:
     return "unset" if field.default is None else str(field.default)
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field, with its allowed values and default in --help; values stay strings so
-    that pydantic validates them all alike (and names every bad one at once)."""
+# the fields `abray advise` reads (abray.advisor.advise_config and delay_warning): its only flags
+ADVISE_FIELDS = ("dataset", "data_root", "download", "model", "optimizer", "lr", "momentum", "rho", "rho_ramp",
+                 "clip_factor", "delay", "batch_size", "seed", "device")
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, only: typing.Optional[tuple[str, ...]] = None) -> None:
+    """One flag per TrainConfig field (or per field in `only`), with its allowed values and default in --help;
+    values stay strings so that pydantic validates them all alike (and names every bad one at once)."""
     for name, field in TrainConfig.model_fields.items():
+        if only is not None and name not in only:
+            continue
         flag = "--" + name.replace("_", "-")
         about = [field.description] if field.description else []
         if field.annotation is bool:
@@ -53,7 +60,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 def _config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = load_config_file(args.config) if args.config else {}
-    overrides = {name: getattr(args, name) for name in TrainConfig.model_fields if getattr(args, name) is not None}
+    overrides = {name: getattr(args, name) for name in TrainConfig.model_fields
+                 if getattr(args, name, None) is not None}
     return parse_config({**values, **overrides})
 
 
@@ -402,9 +410,15 @@ def build_parser() -> argparse.ArgumentParser:
                             "a simulation of its quadratic model)")
     train.set_defaults(func=cmd_train)
 
-    advise = sub.add_parser("advise", help="the largest stable lr for SGDM and AB at a delay (the lr advisor)")
-    advise.add_argument("--config", help="YAML or JSON file with any of the fields below; flags override it")
-    _add_config_flags(advise)
+    advise = sub.add_parser(
+        "advise", help="the largest stable lr for SGDM and AB at a delay (the lr advisor)",
+        description="The largest stable learning rate for SGDM and for AB at the config's delay: the top Hessian "
+                    "eigenvalue of the model as its seed initialises it, on its first training batches, put into "
+                    "the quadratic theory of delayed momentum. A bound, not an lr to train at "
+                    "(docs/when-ab-works.md). Takes the fields that change the advice; a --config file may hold "
+                    "any `abray train` field.")
+    advise.add_argument("--config", help="YAML or JSON file with any `abray train` field; flags override it")
+    _add_config_flags(advise, only=ADVISE_FIELDS)
     advise.add_argument("--batches", type=int, default=8,
                         help="training batches the Hessian is taken over, 1 to 1000 (default: 8)")
     advise.add_argument("--iterations", type=int, default=50, help="power iterations at most, 1 to 10000 (default: 50)")
@@ -442,7 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--detach", action="store_true", help="run in the background (log: STORAGE/serve.log); "
                                                             "return once it is ready")
     mode.add_argument("--stop", action="store_true", help="stop this storage's service and the local Ray head it "
-                                                          "started (no other Ray), then exit")
+                                                          "started (no other Ray), cancelling the jobs still "
+                                                          "running on that head, then exit")
     serve.set_defaults(func=cmd_serve)
 
     client_flags = _client_flags()

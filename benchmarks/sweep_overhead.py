@@ -8,7 +8,11 @@ loaded machine, torch's two OpenMP threads can be many times slower than one).
 
 Reported: both wall times and their ratio; Tune's fixed cost per sweep (wall time less the trials' time at two
 a time: Ray's start, Tune's set-up, the trial processes' start and imports, teardown) and per trial (a trial's
-time in Tune less its training). `--compare-with PATH` runs the same sweep with another checkout's abray (say
+time in Tune less its training). Two bounds, also measured in the run: the floor, the same 8 runs in two plain
+processes of one thread each with no Ray and no Tune (what any scheduler of one run per CPU could reach here,
+at zero overhead); and packing, the forward and backward pass of 8 digits CNNs one after another against the 8
+as one batched model (`torch.func.vmap`), the part of a step that several small trials in one process could
+share. `--compare-with PATH` runs the same sweep with another checkout's abray (say
 main, from `git archive`) in a process (and Ray) of its own, after this checkout's, for a same-run ratio.
 
     python benchmarks/sweep_overhead.py [--epochs 60] [--compare-with /tmp/abray-main]
@@ -17,6 +21,7 @@ main, from `git archive`) in a process (and Ray) of its own, after this checkout
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import subprocess
@@ -27,14 +32,20 @@ from pathlib import Path
 
 import ray
 import torch
+import torch.nn.functional as F
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from torch.func import functional_call, vmap
 
 from abray.sweeps.spec import parse_spec
 from abray.sweeps.tune import run_sweep
 from abray.training.config import parse_config
 from abray.training.data import digits
+from abray.training.models import build_model
 from abray.training.run import run
 
 GRID = {"optimizer": ["sgdm", "ab"], "delay": [0, 8], "seed": [0, 1]}
+DEFAULT_THREADS = torch.get_num_threads()  # before `serial` picks its count
 
 
 def serial(epochs: int) -> tuple[float, float, int]:
@@ -53,6 +64,58 @@ def serial(epochs: int) -> tuple[float, float, int]:
     for trial in parse_spec({"name": "serial", "epochs": epochs, "grid": GRID}).trials:
         training += sum(m.wall_time for m in run(parse_config(trial), data=data))
     return time.perf_counter() - start, training, threads
+
+
+def _one_thread_run(trial: dict) -> float:
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    run(parse_config(trial), data=digits())
+    return time.perf_counter() - start
+
+
+def floor(epochs: int) -> float:
+    """Wall time of the 8 runs in two plain processes of one thread each (started and warmed up beforehand)."""
+    with ProcessPoolExecutor(2, mp_context=get_context("spawn")) as pool:
+        list(pool.map(_one_thread_run, [{"epochs": 1}] * 2))
+        start = time.perf_counter()
+        list(pool.map(_one_thread_run, parse_spec({"name": "floor", "epochs": epochs, "grid": GRID}).trials))
+        return time.perf_counter() - start
+
+
+def packing(models: int = 8, steps: int = 200) -> dict:
+    """ms per forward and backward pass (batch 32; no optimizer step, no data handling) of `models` digits CNNs: one
+    after another, and as one model batched with torch.func.vmap; at 1 thread and at torch's default count."""
+    nets = [build_model("digits_cnn", 10) for _ in range(models)]
+    names = [n for n, _ in nets[0].named_parameters()]
+    shell = copy.deepcopy(nets[0]).to("meta")
+    x, y = torch.randn(models, 32, 1, 8, 8), torch.randint(0, 10, (models, 32))
+    stacked = [torch.stack([dict(m.named_parameters())[n].detach() for m in nets]) for n in names]
+
+    def one_by_one():
+        for i, m in enumerate(nets):
+            leaves = [p.detach().requires_grad_() for p in m.parameters()]
+            loss = F.cross_entropy(functional_call(m, dict(zip(names, leaves)), (x[i],)), y[i])
+            torch.autograd.grad(loss, leaves)
+
+    def loss_of(weights, xs, ys):
+        return F.cross_entropy(functional_call(shell, dict(zip(names, weights)), (xs,)), ys)
+
+    def batched():
+        leaves = [s.detach().requires_grad_() for s in stacked]
+        torch.autograd.grad(vmap(loss_of)(leaves, x, y).sum(), leaves)
+
+    times, threads = {}, torch.get_num_threads()
+    for n in sorted({1, DEFAULT_THREADS}):
+        torch.set_num_threads(n)
+        for fn in (one_by_one, batched):
+            for _ in range(10):
+                fn()
+            start = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            times[(fn.__name__, n)] = (time.perf_counter() - start) / steps * 1e3
+    torch.set_num_threads(threads)
+    return times
 
 
 def tune_sweep(epochs: int) -> dict:
@@ -106,7 +169,19 @@ def main() -> None:
     serial_wall, serial_training, threads = serial(args.epochs)
     print(f"  serial, one process:   {serial_wall:6.1f} s  (training {serial_training:.1f} s, {threads} thread"
           f"{'s' if threads > 1 else ''})", flush=True)
-    describe("Ray Tune, this checkout", tune_sweep(args.epochs), serial_wall)
+    floor_wall = floor(args.epochs)
+    print(f"  floor, two processes:  {floor_wall:6.1f} s  ->  {floor_wall / serial_wall:.2f}x serial (1 thread each, "
+          f"no Ray, no Tune: one run per CPU at zero overhead)", flush=True)
+    packed = packing()
+    for n in sorted({n for _, n in packed}):
+        print(f"  packing 8 digits CNNs, {n} thread{'s' if n > 1 else ''}: {packed[('one_by_one', n)]:.2f} ms a "
+              f"pass one after another, {packed[('batched', n)]:.2f} ms batched  ->  "
+              f"{packed[('batched', n)] / packed[('one_by_one', n)]:.2f}x", flush=True)
+    tune = tune_sweep(args.epochs)
+    describe("Ray Tune, this checkout", tune, serial_wall)
+    print(f"  {'less ray.init':22s} {tune['wall'] - tune['ray_init']:6.1f} s  ->  "
+          f"{(tune['wall'] - tune['ray_init']) / serial_wall:.2f}x serial (computed: what a running cluster, the job "
+          f"service's or RAY_ADDRESS's, would save)", flush=True)
     if args.compare_with:
         describe("Ray Tune, --compare-with", compare(args.compare_with, args.epochs), serial_wall)
     print(f"  load average at the end {os.getloadavg()[0]:.1f}")

@@ -6,8 +6,11 @@ A thin class over the functional kernel in `abray.optim.functional`, in the mann
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any, Callable, Optional
 
+import numpy as np
 import torch
 from torch.optim import Optimizer
 
@@ -34,15 +37,33 @@ def braking_strength(rho: float, staleness: Optional[int], rho_ramp: float) -> f
     return rho * min(1.0, staleness / rho_ramp)
 
 
+def check_number(name: str, value: Any, allowed: str, inside: Callable[[float], bool], tensor: bool = False) -> None:
+    """Raise ValueError("NAME must be ALLOWED, got VALUE") unless `value` is a finite real number (a Python or
+    numpy one; with `tensor`, also a 0-d real tensor, as torch takes for lr) for which `inside` holds. None, a
+    string, a bool or inf gets the same message as a number out of range, never a TypeError from a comparison."""
+    number = value
+    if tensor and isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_meta \
+            and not value.is_complex() and value.dtype != torch.bool:
+        number = value.item()
+    try:
+        ok = (isinstance(number, numbers.Real) and not isinstance(number, (bool, np.bool_))
+              and math.isfinite(float(number)) and inside(float(number)))
+    except OverflowError:  # an int too large for a float
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def check_flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
 def check_sgd_hyperparameters(lr: Any, momentum: float, weight_decay: float) -> None:
     """The checks every SGD-with-momentum method shares (ABSGD and the peers)."""
-    lr_value = lr.item() if isinstance(lr, torch.Tensor) else lr
-    if not lr_value >= 0.0:
-        raise ValueError(f"lr must be >= 0, got {lr!r}")
-    if not 0.0 <= momentum < 1.0:
-        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
-    if not weight_decay >= 0.0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+    check_number("lr", lr, ">= 0 and finite", lambda v: v >= 0.0, tensor=True)
+    check_number("momentum", momentum, "in [0, 1)", lambda v: 0.0 <= v < 1.0)
+    check_number("weight_decay", weight_decay, ">= 0 and finite", lambda v: v >= 0.0)
 
 
 def check_hyperparameters(
@@ -59,16 +80,13 @@ def check_hyperparameters(
 ) -> None:
     """Raise ValueError naming the first hyperparameter outside its allowed range."""
     check_sgd_hyperparameters(lr, momentum, weight_decay)
-    if not rho >= 0.0:
-        raise ValueError(f"rho must be >= 0, got {rho!r}")
+    check_number("rho", rho, ">= 0 and finite", lambda v: v >= 0.0)
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {', '.join(map(repr, GRANULARITIES))}, got {granularity!r}")
-    if not eps > 0.0:
-        raise ValueError(f"eps must be > 0, got {eps!r}")
-    if not rho_ramp >= 0.0:
-        raise ValueError(f"rho_ramp must be >= 0, got {rho_ramp!r}")
-    if not isinstance(clip_factor, bool):
-        raise ValueError(f"clip_factor must be True or False, got {clip_factor!r}")
+    check_number("eps", eps, "> 0 and finite", lambda v: v > 0.0)
+    check_number("rho_ramp", rho_ramp, ">= 0 and finite", lambda v: v >= 0.0)
+    check_flag("clip_factor", clip_factor)
+    check_flag("nesterov", nesterov)
     if nesterov and momentum == 0:
         raise ValueError("nesterov=True requires momentum in (0, 1), got momentum=0")
 
@@ -167,8 +185,12 @@ class ABSGD(Optimizer):
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        check_hyperparameters(**{k: group[k] for k in ("lr", "momentum", "weight_decay", "nesterov", "rho",
-                                                        "granularity", "eps", "rho_ramp", "clip_factor")})
+        try:
+            check_hyperparameters(**{k: group[k] for k in ("lr", "momentum", "weight_decay", "nesterov", "rho",
+                                                            "granularity", "eps", "rho_ramp", "clip_factor")})
+        except ValueError:
+            self.param_groups.pop()  # a refused group is not kept: a caller that catches the error steps without it
+            raise
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)

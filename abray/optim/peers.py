@@ -50,7 +50,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .absgd import check_sgd_hyperparameters
+from .absgd import check_flag, check_number, check_sgd_hyperparameters
 from .functional import absgd
 from .staleness import check_delay
 
@@ -122,8 +122,12 @@ class DelayAwareSGD(Optimizer):
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
         g = self.param_groups[-1]
-        check_sgd_hyperparameters(g["lr"], g["momentum"], g["weight_decay"])
-        self._check_group(g)
+        try:
+            check_sgd_hyperparameters(g["lr"], g["momentum"], g["weight_decay"])
+            self._check_group(g)
+        except ValueError:
+            self.param_groups.pop()  # a refused group is not kept: a caller that catches the error steps without it
+            raise
 
     def _check_group(self, group: dict) -> None:
         pass
@@ -165,12 +169,10 @@ class DCASGD(DelayAwareSGD):
                                       adaptive=adaptive, ms_decay=ms_decay, eps=eps), delay)
 
     def _check_group(self, group):
-        if not group["dc_lambda"] >= 0:
-            raise ValueError(f"dc_lambda must be >= 0, got {group['dc_lambda']!r}")
-        if not 0 <= group["ms_decay"] < 1:
-            raise ValueError(f"ms_decay must be in [0, 1), got {group['ms_decay']!r}")
-        if not group["eps"] > 0:
-            raise ValueError(f"eps must be > 0, got {group['eps']!r}")
+        check_number("dc_lambda", group["dc_lambda"], ">= 0 and finite", lambda v: v >= 0)
+        check_number("ms_decay", group["ms_decay"], "in [0, 1)", lambda v: 0 <= v < 1)
+        check_number("eps", group["eps"], "> 0 and finite", lambda v: v > 0)
+        check_flag("adaptive", group["adaptive"])
 
     def _update(self, group, params, grads, bufs):
         sq = [self.state[p].get("sq_avg") for p in params]
@@ -216,8 +218,7 @@ class NesterovLookahead(DelayAwareSGD):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, lookahead=lookahead), delay)
 
     def _check_group(self, group):
-        if not 0 <= group["lookahead"] <= 1:
-            raise ValueError(f"lookahead must be in [0, 1], got {group['lookahead']!r}")
+        check_number("lookahead", group["lookahead"], "in [0, 1]", lambda v: 0 <= v <= 1)
 
     def _update(self, group, params, grads, bufs):
         lam = group["lookahead"]

@@ -22,7 +22,7 @@ from ..training.epochs import EpochMetrics
 
 CONFIG_COLUMNS = [
     "dataset", "model", "optimizer", "lr", "momentum", "rho", "granularity", "rho_ramp", "clip_factor", "dc_lambda",
-    "lookahead", "weight_decay", "nesterov", "mode", "workers", "device",
+    "lookahead", "weight_decay", "nesterov", "mode", "workers", "server_shards", "device",
     "delay", "epochs", "batch_size", "warmup_epochs", "schedule", "seed",
 ]
 METRIC_COLUMNS = [f.name for f in fields(EpochMetrics)]

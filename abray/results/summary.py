@@ -21,7 +21,8 @@ def final_epochs(frame: pd.DataFrame) -> pd.DataFrame:
     """The last reported epoch of every trial."""
     if frame.empty:
         return frame
-    keys = ["job_id", "trial_id"] if "trial_id" in frame else CONFIG_COLUMNS
+    # a frame written before a column joined the schema lacks it (server_shards, say)
+    keys = ["job_id", "trial_id"] if "trial_id" in frame else [c for c in CONFIG_COLUMNS if c in frame]
     return frame.sort_values("epoch").groupby(keys, dropna=False).tail(1)
 
 

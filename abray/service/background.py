@@ -18,7 +18,7 @@ from typing import Callable, Optional
 
 import httpx
 
-from .cluster import stop_command, stop_local_head
+from .cluster import head_record, stop_command, stop_local_head
 
 SERVER_RECORD = "serve.json"
 LOG = "serve.log"
@@ -93,9 +93,66 @@ def start_background(argv: list[str], storage: Path, url: str, write: Callable[[
     return 0
 
 
+STOPPED = "abray serve --stop ended the service and the Ray head its jobs ran on"
+
+
+def head_drivers(address: str) -> list[tuple[int, int, str]]:
+    """(pid, job id, database URL) of each job driver on this machine whose cluster is the Ray head at `address`:
+    the processes `python -m abray.service.driver JOB_ID` started with RAY_ADDRESS set to it (as the service starts
+    them), whatever storage or database they belong to. Drivers on another cluster are not among them."""
+    from .cluster import _psutil
+
+    psutil = _psutil()
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            words = proc.cmdline()
+            if "abray.service.driver" not in words or words.index("abray.service.driver") + 1 >= len(words):
+                continue
+            job = words[words.index("abray.service.driver") + 1]
+            env = proc.environ()
+        except (psutil.Error, OSError):
+            continue
+        if env.get("RAY_ADDRESS") == address and job.isdigit() and env.get("ABRAY_DATABASE_URL"):
+            found.append((proc.pid, int(job), env["ABRAY_DATABASE_URL"]))
+    return found
+
+
+def cancel_head_jobs(address: str, write: Callable[[str], None] = print) -> int:
+    """End the drivers of the jobs running on the local head at `address`, which is about to end under them (and no
+    service is left to notice the drivers fail), and mark each job cancelled in its database, saying why. Jobs on
+    another cluster are left alone. Returns how many jobs were marked."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from . import processes, store
+
+    drivers = head_drivers(address)
+    for pid, _, _ in drivers:
+        processes.kill_driver(pid)
+    cancelled = 0
+    for database in sorted({url for _, _, url in drivers}):
+        jobs = [job for _, job, url in drivers if url == database]
+        try:
+            engine = store.connect(database)
+            try:
+                with store.session_factory(engine).begin() as session:
+                    cancelled += sum(store.finish(session, job, "cancelled", STOPPED) for job in jobs)
+            finally:
+                engine.dispose()
+        except (store.MissingDatabase, store.SchemaError, SQLAlchemyError, ValueError, ImportError) as err:
+            write(f"job{'s' if len(jobs) > 1 else ''} {', '.join(map(str, jobs))} not marked cancelled: "
+                  f"{str(err).splitlines()[0] if str(err) else type(err).__name__}; the service marks "
+                  f"{'them' if len(jobs) > 1 else 'it'} failed when it starts again")
+    if drivers:
+        write(f"ended {len(drivers)} running job{'s' if len(drivers) > 1 else ''} on the head; "
+              f"{cancelled} marked cancelled")
+    return cancelled
+
+
 def stop_service(storage: Path, write: Callable[[str], None] = print, grace_s: float = 30.0) -> bool:
     """Stop the storage's `abray serve` (SIGTERM, then SIGKILL after `grace_s`) and the local Ray head it
-    started, nothing else; True if there was anything to stop. Running jobs stop with the head."""
+    started, nothing else; True if there was anything to stop. The jobs running on that head are cancelled first,
+    their drivers ended; jobs on another cluster (RAY_ADDRESS's) go on."""
     running = _running_server(storage)
     if running:
         write(f"stopping abray serve (pid {running['pid']}, {running['url']})")
@@ -106,6 +163,9 @@ def stop_service(storage: Path, write: Callable[[str], None] = print, grace_s: f
         if _running_server(storage):
             os.kill(running["pid"], signal.SIGKILL)
         (storage / SERVER_RECORD).unlink(missing_ok=True)
+    head = head_record(storage)
+    if head is not None:
+        cancel_head_jobs(head["address"], write)
     address = stop_local_head(storage, write=write)
     if address is None:
         write(f"no local Ray head recorded in {storage} (the service ran on RAY_ADDRESS, or never started one)")

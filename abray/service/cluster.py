@@ -18,6 +18,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -127,6 +128,25 @@ def _head_processes(session: int) -> list:
     return found
 
 
+def _exited(psutil, p) -> bool:
+    """Gone, or a zombie: it has exited and waits only for its parent (often init, for a head whose `ray start`
+    has returned) to reap it, which on some systems happens seconds later."""
+    try:
+        return not p.is_running() or p.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.Error:
+        return True
+
+
+def _wait_exited(psutil, processes: list, timeout: float) -> list:
+    """Wait until every process has exited (see `_exited`) or `timeout` passes; return those still running."""
+    deadline = time.monotonic() + timeout
+    alive = [p for p in processes if not _exited(psutil, p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [p for p in alive if not _exited(psutil, p)]
+    return alive
+
+
 def _end(processes: list, grace_s: float) -> None:
     """`ray stop`'s order: raylet, then everything but the GCS, then the GCS; SIGTERM, then SIGKILL."""
     psutil = _psutil()
@@ -145,13 +165,13 @@ def _end(processes: list, grace_s: float) -> None:
                 p.terminate()
             except psutil.NoSuchProcess:
                 pass
-        _, alive = psutil.wait_procs(bucket, timeout=grace_s / len(buckets))
+        alive = _wait_exited(psutil, bucket, grace_s / len(buckets))
         for p in alive:
             try:
                 p.kill()
             except psutil.NoSuchProcess:
                 pass
-        psutil.wait_procs(alive, timeout=2)
+        _wait_exited(psutil, alive, 2)
 
 
 def _forget_current_cluster(address: str, address_file: str) -> bool:

@@ -164,7 +164,9 @@ def connect(url: str, create: bool = False) -> Engine:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
     else:
-        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        # a server that accepts and never answers fails the connection in 10 s instead of hanging the caller
+        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20,
+                               connect_args={"connect_timeout": 10})
     check_schema(engine, create)
     return engine
 

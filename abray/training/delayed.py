@@ -65,14 +65,17 @@ class DelayedUpdates:
     """Applies every gradient `delay` updates after the weights it was computed on.
 
     Holds the `DelayRing` of versions the gradients are computed on: the weights themselves, or for a
-    method that predicts (linear weight prediction), the weights predicted `delay` updates ahead. Before
+    method that predicts (linear weight prediction), the weights predicted `delay` updates ahead. `scheduler`,
+    if given, is stepped after every update. Before
     each step it tells a delay-aware optimizer (one with `prepare`) the gradient's staleness and source
     weights.
     """
 
-    def __init__(self, params: Sequence[Tensor], optimizer: torch.optim.Optimizer, delay: int, predict: bool = False):
+    def __init__(self, params: Sequence[Tensor], optimizer: torch.optim.Optimizer, delay: int, predict: bool = False,
+                 scheduler=None):
         self.params = list(params)
         self.optimizer = optimizer
+        self.scheduler = scheduler
         self.delay = check_delay(delay)
         self.predict = predict
         self.ring = DelayRing(self.params, delay)
@@ -92,6 +95,9 @@ class DelayedUpdates:
         return self.ring.stale()
 
     def apply(self, grads: Sequence[Optional[Tensor]]) -> None:
-        """Apply gradients computed on `stale()` to the current weights, then store the new version."""
+        """Apply gradients computed on `stale()` to the current weights, step the scheduler, then store the new
+        version: a predicting method predicts with the lr of the updates to come, as the parameter server does."""
         apply_gradients(self.optimizer, self.params, grads, self.staleness, self.ring.stale())
+        if self.scheduler is not None:
+            self.scheduler.step()
         self.ring.push(predicted_weights(self.optimizer, self.params, self.delay) if self.predict else self.params)

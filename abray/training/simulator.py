@@ -49,7 +49,7 @@ def train_delayed(
     model.to(device).train()
     names = [n for n, _ in model.named_parameters()]
     params = [p for _, p in model.named_parameters()]
-    updates = DelayedUpdates(params, optimizer, delay, predict=predict)
+    updates = DelayedUpdates(params, optimizer, delay, predict=predict, scheduler=scheduler)
     track_braking(optimizer)
     history: list[EpochMetrics] = []
     log = EpochLog()
@@ -62,9 +62,7 @@ def train_delayed(
                 diverged_step = updates.step
                 break
             log.record(loss, updates.staleness)
-            updates.apply(grads)
-            if scheduler is not None:
-                scheduler.step()
+            updates.apply(grads)  # and steps the scheduler
             if on_step is not None:
                 on_step(updates.step, loss)
         metrics = log.close(model, data.test, epoch=epoch + 1, steps=updates.step,

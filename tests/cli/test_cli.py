@@ -56,6 +56,9 @@ def test_advise_prints_the_stable_lrs_and_refuses_bad_options(tmp_path):
     assert "a bound from the curvature at initialisation, not an lr to train at" in res.stdout
     bad = abray("advise", "--batches", "0", cwd=tmp_path)
     assert bad.returncode == 2 and "batches: must be in [1, 1000]" in bad.stderr and "Traceback" not in bad.stderr
+    helped = abray("advise", "--help", cwd=tmp_path)  # a description, and only the flags that change the advice
+    assert helped.returncode == 0 and "A bound, not an lr to train at" in " ".join(helped.stdout.split())
+    assert "--rho-ramp" in helped.stdout and "--epochs" not in helped.stdout and "--server-shards" not in helped.stdout
 
 
 def test_bad_config_fails_before_training_naming_fields_and_allowed_values(tmp_path):

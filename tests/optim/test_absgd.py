@@ -1,5 +1,6 @@
 import copy
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -184,6 +185,18 @@ def test_parameter_groups_have_their_own_hyperparameters():
         (dict(nesterov=True, momentum=0.0), r"nesterov=True requires momentum in \(0, 1\)"),
         (dict(weight_decay=-1e-4), r"weight_decay must be >= 0"),
         (dict(eps=0.0), r"eps must be > 0"),
+        (dict(lr=float("inf")), r"lr must be >= 0 and finite, got inf"),
+        (dict(lr=None), r"lr must be >= 0 and finite, got None"),
+        (dict(lr="0.1"), r"lr must be >= 0 and finite, got '0.1'"),
+        (dict(rho=float("inf")), r"rho must be >= 0 and finite, got inf"),
+        (dict(rho=float("nan")), r"rho must be >= 0 and finite, got nan"),
+        (dict(rho_ramp=float("inf")), r"rho_ramp must be >= 0 and finite, got inf"),
+        (dict(momentum=float("nan")), r"momentum must be in \[0, 1\), got nan"),
+        (dict(lr=10**400), r"lr must be >= 0 and finite"),
+        (dict(lr=True), r"lr must be >= 0 and finite, got True"),
+        (dict(lr=torch.tensor([0.1])), r"lr must be >= 0 and finite"),  # torch's SGD takes a 0-d tensor only
+        (dict(weight_decay=torch.tensor(0.1)), r"weight_decay must be >= 0 and finite"),
+        (dict(nesterov="yes"), r"nesterov must be True or False, got 'yes'"),
     ],
 )
 def test_invalid_hyperparameters_name_the_parameter_and_range(kwargs, match):
@@ -195,6 +208,22 @@ def test_invalid_hyperparameters_name_the_parameter_and_range(kwargs, match):
 def test_invalid_hyperparameters_in_a_param_group_are_rejected():
     with pytest.raises(ValueError, match="rho must be >= 0"):
         ABSGD([{"params": [torch.zeros(2, requires_grad=True)], "rho": -2.0}], lr=0.1)
+
+
+def test_a_refused_param_group_is_not_kept():
+    opt = ABSGD([torch.zeros(2, requires_grad=True)], lr=0.1)
+    with pytest.raises(ValueError, match="lr must be >= 0 and finite, got inf"):
+        opt.add_param_group({"params": [torch.zeros(2, requires_grad=True)], "lr": float("inf")})
+    assert len(opt.param_groups) == 1
+
+
+def test_numpy_scalars_and_a_0d_tensor_lr_are_numbers_like_any_other():
+    w = torch.zeros(2, requires_grad=True)
+    opt = ABSGD([w], lr=np.float32(0.1), momentum=np.float64(0.9), rho=np.int64(1), rho_ramp=np.float16(2.0))
+    w.grad = torch.ones(2)
+    opt.step()
+    assert torch.allclose(w.detach(), torch.full((2,), -0.1))
+    assert ABSGD([w], lr=torch.tensor(0.1)).param_groups[0]["lr"].item() == pytest.approx(0.1)
 
 
 def test_params_without_grad_are_skipped_and_grads_not_modified():

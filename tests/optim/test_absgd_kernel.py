@@ -456,7 +456,7 @@ def test_a_weight_decay_of_one_steps_alike_on_both_paths_for_small_and_large_ten
 def test_a_learning_rate_of_zero_is_taken_and_a_negative_one_refused_even_as_a_tensor():
     w = [torch.zeros(1, requires_grad=True)]
     assert ABSGD(w, lr=0.0).defaults["lr"] == 0.0  # a schedule's warmup may start there
-    with pytest.raises(ValueError, match=r"lr must be >= 0, got tensor\(-0\.1000\)"):
+    with pytest.raises(ValueError, match=r"lr must be >= 0 and finite, got tensor\(-0\.1000\)"):
         ABSGD(w, lr=torch.tensor(-0.1))
 
 

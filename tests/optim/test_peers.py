@@ -135,6 +135,9 @@ def test_prediction_puts_predicted_weights_in_the_ring():
     "cls,kw,match",
     [
         (DCASGD, {"dc_lambda": -1.0}, "dc_lambda must be >= 0"),
+        (DCASGD, {"dc_lambda": float("inf")}, "dc_lambda must be >= 0 and finite, got inf"),
+        (StalenessAwareSGD, {"lr": None}, "lr must be >= 0 and finite, got None"),
+        (DCASGD, {"adaptive": None}, "adaptive must be True or False, got None"),
         (DCASGD, {"ms_decay": 1.0}, r"ms_decay must be in \[0, 1\)"),
         (NesterovLookahead, {"lookahead": 1.5}, r"lookahead must be in \[0, 1\]"),
         (SpikeCompensatedSGD, {"delay": -2}, "delay must be an integer >= 0"),

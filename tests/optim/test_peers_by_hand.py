@@ -62,7 +62,7 @@ def test_defaults_and_the_delay_each_peer_starts_with():
 def test_dc_asgd_takes_a_decay_of_zero_and_refuses_a_zero_eps():
     w = [torch.zeros(1, requires_grad=True)]
     assert DCASGD(w, lr=0.1, ms_decay=0.0).defaults["ms_decay"] == 0.0
-    with pytest.raises(ValueError, match=r"^eps must be > 0, got 0\.0$"):
+    with pytest.raises(ValueError, match=r"^eps must be > 0 and finite, got 0\.0$"):
         DCASGD(w, lr=0.1, eps=0.0)
 
 

@@ -76,6 +76,13 @@ def test_without_trial_ids_a_trial_is_its_config():
     assert len(last) == 2 and sorted(last.test_accuracy) == [0.5, 0.9] and set(last.epoch) == {2}
 
 
+def test_a_frame_written_before_a_config_column_existed_still_summarises():
+    # `abray train --output` files from before server_shards was a column
+    frame = frame_of(trial("a", 0.9, seed=0), trial("b", 0.5, seed=1)).drop(columns=["job_id", "trial_id",
+                                                                                      "server_shards"])
+    assert len(final_epochs(frame)) == 2 and summarize(frame)["count"].tolist() == [2]
+
+
 def test_only_a_trials_last_epoch_counts_as_diverged():
     frame = frame_of(trial("a", 0.1, diverged=True), trial("b", 0.9, seed=1), trial("c", 0.2, seed=2, diverged=True))
     frame.loc[(frame.trial_id == "b") & (frame.epoch == 1), "diverged"] = True  # an early epoch: not the result

@@ -3,6 +3,7 @@
 import os
 import re
 import signal
+import socket
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +14,8 @@ import pandas as pd
 import pytest
 
 from abray.results import CONFIG_COLUMNS, METRIC_COLUMNS
+from abray.service import processes
+from abray.service.background import STOPPED
 from abray.service.store import SCHEMA_VERSION
 from support.service import ApiServer, finish_jobs
 
@@ -316,19 +319,52 @@ def test_without_ray_address_jobs_run_on_the_services_own_head_which_outlives_a_
         assert current_cluster.read_text().strip() == address  # what `ray start` wrote
         head = [p for p in psutil.process_iter() if _session(p) == session]
         assert any(p.name() == "raylet" for p in head) and any(p.name() == "gcs_server" for p in head)
+        with server.client() as client:  # a job still running when the service stops
+            long_job = submit(client, LONG)
+        server.wait_for(long_job["id"], lambda j: j["status"] == "running")
+        driver_pid = _driver_pid(tmp_path / "abray.db", long_job["id"])
+        assert processes.driver_alive(driver_pid, socket.gethostname())
     finally:
         stop = subprocess.run([sys.executable, "-m", "abray.cli", "serve", "--stop", "--storage", str(tmp_path)],
                               capture_output=True, text=True, timeout=120, env=dict(os.environ, **env))
         server.proc.wait(timeout=30)
     assert stop.returncode == 0, stop.stderr
     assert f"stopping the local Ray head at {address}" in stop.stdout and "stopping abray serve" in stop.stdout
-    assert not answers(address) and not [p for p in psutil.process_iter() if _session(p) == session]
+    # its driver ended with the head, and the job says why it stopped
+    assert "ended 1 running job on the head; 1 marked cancelled" in stop.stdout, stop.stdout
+    assert not processes.driver_alive(driver_pid, socket.gethostname())
+    with sqlite3.connect(tmp_path / "abray.db") as db:
+        status, error = db.execute("SELECT status, error FROM jobs WHERE id = ?", (long_job["id"],)).fetchone()
+    assert (status, error) == ("cancelled", STOPPED)
+    assert not answers(address) and not [p for p in psutil.process_iter() if _session(p) == session and _running(p)]
     assert not current_cluster.exists() and not (tmp_path / "ray_head.json").exists()
     init = subprocess.run([sys.executable, "-c", "import ray; ray.init(num_cpus=1, include_dashboard=False); "
                            "print(ray.cluster_resources()['CPU']); ray.shutdown()"],
                           capture_output=True, text=True, timeout=120, env=dict(os.environ, **env))
     assert init.returncode == 0 and init.stdout.split()[-1] == "1.0", init.stderr[-2000:]
     shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _driver_pid(database: Path, job_id: int, timeout: float = 30.0) -> int:
+    """The job's driver process, as the scheduler records it right after starting it."""
+    deadline = time.time() + timeout
+    while True:
+        with sqlite3.connect(database) as db:
+            pid = db.execute("SELECT driver_pid FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+        if pid is not None or time.time() > deadline:
+            assert pid is not None, f"job {job_id} has no driver after {timeout:.0f} s"
+            return pid
+        time.sleep(0.2)
+
+
+def _running(proc) -> bool:
+    """Not a zombie: one has exited and waits only for its parent (init, here) to reap it."""
+    import psutil
+
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _session(proc):

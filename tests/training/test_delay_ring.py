@@ -108,3 +108,16 @@ def test_without_prediction_the_ring_keeps_the_weights_themselves():
     updates.apply([torch.ones(1)])  # v = 1, w = -1: version 1
     updates.apply([torch.ones(1)])  # v = 1.5, w = -2.5: version 2
     assert updates.stale()[0].item() == -1.0  # version 1 as it was (predicted: -1 - lr D v = -2)
+
+
+def test_a_prediction_uses_the_lr_of_the_updates_to_come_when_a_scheduler_steps():
+    # the scheduler halves the lr after each update; the version stored after an update is predicted with the
+    # halved lr (the parameter server's order), not the lr the update itself used
+    w = torch.ones(1, requires_grad=True)
+    opt = torch.optim.SGD([w], lr=1.0, momentum=0.5)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 ** step)
+    updates = DelayedUpdates([w], opt, delay=1, predict=True, scheduler=scheduler)
+    updates.apply([torch.ones(1)])  # v = 1, w = 0, then lr 0.5: version 1 = 0 - 0.5 * 1 * 1
+    assert opt.param_groups[0]["lr"] == 0.5
+    updates.apply([torch.ones(1)])  # the next gradient, then version 1 is what the one after is computed on
+    assert updates.stale()[0].item() == -0.5  # with the lr before the scheduler's step it would be -1

@@ -206,11 +206,10 @@ def test_free_mode_weight_prediction_looks_ahead_by_the_measured_staleness():
 @pytest.mark.parametrize("optimizer", sorted(METHODS))
 def test_every_method_on_the_server_in_fixed_mode_is_the_simulators_update_for_update(optimizer):
     # each peer's delay-aware parts (the staleness it is told, the weights the gradient came from, the predicted
-    # weights it is computed on) as the parameter server supplies them, against the simulator's
-    # the predicting methods at a constant lr: under a schedule the simulator predicts with the lr before its
-    # scheduler steps and the server with the lr after (a known difference, about 1e-4 in the weights here)
-    schedule = {"schedule": "constant", "warmup_epochs": 0} if METHODS[optimizer].predicts else {}
-    cfg = config(optimizer=optimizer, epochs=1, delay=3, lr=0.05, **schedule)
+    # weights it is computed on) as the parameter server supplies them, against the simulator's; under the
+    # default schedule (warmup, then cosine), so that a prediction's lr is that of the updates to come on both
+    cfg = config(optimizer=optimizer, epochs=1, delay=3, lr=0.05)
+    assert cfg.schedule == "cosine" and cfg.warmup_epochs > 0
     state = server(cfg)
     run_to_the_end(state, Worker(cfg))
     history, weights = simulate(cfg, DATA)

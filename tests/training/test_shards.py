@@ -35,13 +35,16 @@ def test_shard_sizes_are_the_models_tensor_sizes_without_building_its_weights():
     assert shard_sizes(config, 10) == [math.prod(p.shape) for p in build_model("resnet20", 10).parameters()]
 
 
-def test_the_config_refuses_a_global_cosine_and_a_simulated_run_with_sharded_servers():
+def test_the_config_refuses_a_global_cosine_a_simulated_run_and_kept_checkpoints_with_sharded_servers():
     with pytest.raises(ConfigError, match="granularity 'global'"):
         parse_config({"mode": "free", "optimizer": "ab", "granularity": "global", "server_shards": 2})
     with pytest.raises(ConfigError, match="server_shards > 1 needs mode 'distributed' or 'free'"):
         parse_config({"server_shards": 2})
     with pytest.raises(ConfigError, match="server_shards"):
         parse_config({"mode": "free", "server_shards": 0})
+    with pytest.raises(ConfigError, match="keep_checkpoints needs server_shards 1"):
+        parse_config({"mode": "free", "server_shards": 2, "keep_checkpoints": True})
+    assert parse_config({"mode": "free", "server_shards": 2, "storage_path": "/tmp/x"}).server_shards == 2
 
 
 def test_a_follower_applies_each_step_once_and_in_step_order_as_one_optimizer_would():
