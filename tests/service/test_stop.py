@@ -17,10 +17,6 @@ pytestmark = pytest.mark.slow  # subprocesses
 HEAD, OTHER = "192.0.2.7:6379", "192.0.2.8:6379"
 
 
-def sqlite_url(path) -> str:
-    return f"sqlite:///{path}"
-
-
 def running_job(sessions, storage) -> int:
     with sessions.begin() as session:
         job = store.Job(name="j", status="running", spec={}, total_trials=1, storage=str(storage))
@@ -43,7 +39,7 @@ def status(sessions, job_id: int) -> tuple:
 
 
 def test_only_the_jobs_on_the_stopped_head_are_ended_and_marked_cancelled(tmp_path):
-    url = sqlite_url(tmp_path / "abray.db")
+    url = f"sqlite:///{tmp_path / 'abray.db'}"
     engine = store.connect(url, create=True)
     sessions = store.session_factory(engine)
     on_head, elsewhere = running_job(sessions, tmp_path / "a"), running_job(sessions, tmp_path / "b")
@@ -70,7 +66,7 @@ def test_only_the_jobs_on_the_stopped_head_are_ended_and_marked_cancelled(tmp_pa
 
 
 def test_a_database_that_cannot_be_reached_is_said_in_a_line_and_the_drivers_still_end(tmp_path):
-    url = sqlite_url(tmp_path / "gone.db")  # never created: `store.connect` refuses it
+    url = f"sqlite:///{tmp_path / 'gone.db'}"  # never created: `store.connect` refuses it
     driver = stand_in_driver(3, HEAD, url)
     try:
         deadline = time.time() + 10
