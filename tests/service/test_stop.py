@@ -1,4 +1,5 @@
-"""`abray serve --stop`'s handling of the jobs on the head it ends (abray.service.background.cancel_head_jobs):
+"""`abray serve --stop`'s handling of the jobs on the head it ends (abray.service.background.cancel_head_jobs,
+through abray.service.processes.drivers_on):
 the drivers are found as processes, by their command line and the RAY_ADDRESS they were started with, so a job
 on another cluster, or of another storage or database, is never touched. Stand-ins for drivers here are
 sleeping processes with a driver's command line and environment, each in a session of its own as the service
@@ -10,7 +11,7 @@ import time
 
 import pytest
 
-from abray.service import background, store
+from abray.service import background, processes, store
 
 pytestmark = pytest.mark.slow  # subprocesses
 
@@ -46,10 +47,10 @@ def test_only_the_jobs_on_the_stopped_head_are_ended_and_marked_cancelled(tmp_pa
     drivers = [stand_in_driver(on_head, HEAD, url), stand_in_driver(elsewhere, OTHER, url)]
     try:
         deadline = time.time() + 10  # their command lines are readable once they have started
-        while {job for _, job, _ in background.head_drivers(HEAD) + background.head_drivers(OTHER)} != {
+        while {job for _, job, _ in processes.drivers_on(HEAD) + processes.drivers_on(OTHER)} != {
                 on_head, elsewhere} and time.time() < deadline:
             time.sleep(0.05)
-        assert [(pid, job) for pid, job, _ in background.head_drivers(HEAD)] == [(drivers[0].pid, on_head)]
+        assert [(pid, job) for pid, job, _ in processes.drivers_on(HEAD)] == [(drivers[0].pid, on_head)]
 
         said = []
         assert background.cancel_head_jobs(HEAD, said.append) == 1
@@ -70,7 +71,7 @@ def test_a_database_that_cannot_be_reached_is_said_in_a_line_and_the_drivers_sti
     driver = stand_in_driver(3, HEAD, url)
     try:
         deadline = time.time() + 10
-        while not background.head_drivers(HEAD) and time.time() < deadline:
+        while not processes.drivers_on(HEAD) and time.time() < deadline:
             time.sleep(0.05)
         said = []
         assert background.cancel_head_jobs(HEAD, said.append) == 0
