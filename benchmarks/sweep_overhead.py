@@ -41,6 +41,7 @@ from abray.sweeps.spec import parse_spec
 from abray.sweeps.tune import run_sweep
 from abray.training.config import parse_config
 from abray.training.data import digits
+from abray.training.epochs import batch_gradient
 from abray.training.models import build_model
 from abray.training.run import run
 
@@ -91,11 +92,9 @@ def packing(models: int = 8, steps: int = 200) -> dict:
     x, y = torch.randn(models, 32, 1, 8, 8), torch.randint(0, 10, (models, 32))
     stacked = [torch.stack([dict(m.named_parameters())[n].detach() for m in nets]) for n in names]
 
-    def one_by_one():
+    def one_by_one():  # as the simulator computes each gradient
         for i, m in enumerate(nets):
-            leaves = [p.detach().requires_grad_() for p in m.parameters()]
-            loss = F.cross_entropy(functional_call(m, dict(zip(names, leaves)), (x[i],)), y[i])
-            torch.autograd.grad(loss, leaves)
+            batch_gradient(m, names, list(m.parameters()), x[i], y[i])
 
     def loss_of(weights, xs, ys):
         return F.cross_entropy(functional_call(shell, dict(zip(names, weights)), (xs,)), ys)
