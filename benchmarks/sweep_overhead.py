@@ -24,18 +24,18 @@ import argparse
 import copy
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import ray
 import torch
 import torch.nn.functional as F
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from torch.func import functional_call, vmap
+
+from checkouts import run_with_checkout
 
 from abray.sweeps.spec import parse_spec
 from abray.sweeps.tune import run_sweep
@@ -137,13 +137,7 @@ def tune_sweep(epochs: int) -> dict:
 
 
 def compare(path: str, epochs: int) -> dict:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([path, os.environ.get("PYTHONPATH", "")])}
-    env.pop("RAY_ADDRESS", None)
-    out = subprocess.run([sys.executable, __file__, "--tune-only", "--epochs", str(epochs)], env=env,
-                         capture_output=True, text=True, timeout=3600)
-    if out.returncode:
-        raise RuntimeError(out.stderr[-3000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_with_checkout(path, __file__, ["--tune-only", "--epochs", str(epochs)], timeout=3600)
 
 
 def describe(name: str, tune: dict, serial_wall: float) -> None:
