@@ -28,14 +28,14 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 
 import numpy as np
 import ray
 import torch
 from torch.utils.data import TensorDataset
+
+from checkouts import run_with_checkout
 
 from abray.training.config import parse_config
 from abray.training.data import DataSplit, batch_indices, collate, digits
@@ -150,13 +150,8 @@ def abray_rate(model_name, data, workers, updates, mode, batch_size=32, **extra)
 
 def compare(path: str, model_name: str, workers: int, updates: int) -> dict:
     """The other checkout's free and fixed runs of one configuration, in a process (and Ray) of its own."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([path, os.environ.get("PYTHONPATH", "")])}
-    env.pop("RAY_ADDRESS", None)
-    out = subprocess.run([sys.executable, __file__, "--one", model_name, str(workers), "--updates", str(updates)],
-                         env=env, capture_output=True, text=True, timeout=1800)
-    if out.returncode:
-        raise RuntimeError(out.stderr[-3000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_with_checkout(path, __file__, ["--one", model_name, str(workers), "--updates", str(updates)],
+                             timeout=1800)
 
 
 def start_ray() -> None:

@@ -24,23 +24,24 @@ import argparse
 import copy
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import ray
 import torch
 import torch.nn.functional as F
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from torch.func import functional_call, vmap
+
+from checkouts import run_with_checkout
 
 from abray.sweeps.spec import parse_spec
 from abray.sweeps.tune import run_sweep
 from abray.training.config import parse_config
 from abray.training.data import digits
+from abray.training.epochs import batch_gradient
 from abray.training.models import build_model
 from abray.training.run import run
 
@@ -91,11 +92,9 @@ def packing(models: int = 8, steps: int = 200) -> dict:
     x, y = torch.randn(models, 32, 1, 8, 8), torch.randint(0, 10, (models, 32))
     stacked = [torch.stack([dict(m.named_parameters())[n].detach() for m in nets]) for n in names]
 
-    def one_by_one():
+    def one_by_one():  # as the simulator computes each gradient
         for i, m in enumerate(nets):
-            leaves = [p.detach().requires_grad_() for p in m.parameters()]
-            loss = F.cross_entropy(functional_call(m, dict(zip(names, leaves)), (x[i],)), y[i])
-            torch.autograd.grad(loss, leaves)
+            batch_gradient(m, names, list(m.parameters()), x[i], y[i])
 
     def loss_of(weights, xs, ys):
         return F.cross_entropy(functional_call(shell, dict(zip(names, weights)), (xs,)), ys)
@@ -138,13 +137,7 @@ def tune_sweep(epochs: int) -> dict:
 
 
 def compare(path: str, epochs: int) -> dict:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([path, os.environ.get("PYTHONPATH", "")])}
-    env.pop("RAY_ADDRESS", None)
-    out = subprocess.run([sys.executable, __file__, "--tune-only", "--epochs", str(epochs)], env=env,
-                         capture_output=True, text=True, timeout=3600)
-    if out.returncode:
-        raise RuntimeError(out.stderr[-3000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_with_checkout(path, __file__, ["--tune-only", "--epochs", str(epochs)], timeout=3600)
 
 
 def describe(name: str, tune: dict, serial_wall: float) -> None:

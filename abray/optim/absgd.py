@@ -183,14 +183,11 @@ class ABSGD(Optimizer):
         return counts
 
     def add_param_group(self, param_group: dict) -> None:
+        # checked as torch will complete it from the defaults, before it is added: a refused group is never kept
+        group = {**self.defaults, **param_group}
+        check_hyperparameters(**{k: group[k] for k in ("lr", "momentum", "weight_decay", "nesterov", "rho",
+                                                        "granularity", "eps", "rho_ramp", "clip_factor")})
         super().add_param_group(param_group)
-        group = self.param_groups[-1]
-        try:
-            check_hyperparameters(**{k: group[k] for k in ("lr", "momentum", "weight_decay", "nesterov", "rho",
-                                                            "granularity", "eps", "rho_ramp", "clip_factor")})
-        except ValueError:
-            self.param_groups.pop()  # a refused group is not kept: a caller that catches the error steps without it
-            raise
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)

@@ -120,14 +120,11 @@ class DelayAwareSGD(Optimizer):
         self._sources: dict[Tensor, Tensor] = {}
 
     def add_param_group(self, param_group: dict) -> None:
+        # checked as torch will complete it from the defaults, before it is added: a refused group is never kept
+        g = {**self.defaults, **param_group}
+        check_sgd_hyperparameters(g["lr"], g["momentum"], g["weight_decay"])
+        self._check_group(g)
         super().add_param_group(param_group)
-        g = self.param_groups[-1]
-        try:
-            check_sgd_hyperparameters(g["lr"], g["momentum"], g["weight_decay"])
-            self._check_group(g)
-        except ValueError:
-            self.param_groups.pop()  # a refused group is not kept: a caller that catches the error steps without it
-            raise
 
     def _check_group(self, group: dict) -> None:
         pass

@@ -9,9 +9,23 @@ combines with any optimizer that keeps torch's `momentum_buffer` state (SGD, ABS
 
 from __future__ import annotations
 
+from typing import Optional, Sequence
+
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+
+
+PREDICTION_WINDOW = 50  # free mode: the horizon is the mean staleness of this many latest updates
+
+
+def prediction_horizon(delay: int, measured: Optional[Sequence[int]] = None) -> float:
+    """How many updates ahead to predict: the delay D where it is fixed (`measured` None), else the mean of the
+    latest PREDICTION_WINDOW measured stalenesses (0 before any was measured)."""
+    if measured is None:
+        return delay
+    recent = measured[-PREDICTION_WINDOW:]
+    return float(sum(recent) / len(recent)) if recent else 0.0
 
 
 def predicted_weights(optimizer: Optimizer, params: list[Tensor], horizon: int) -> list[Tensor]:

@@ -96,28 +96,6 @@ def start_background(argv: list[str], storage: Path, url: str, write: Callable[[
 STOPPED = "abray serve --stop ended the service and the Ray head its jobs ran on"
 
 
-def head_drivers(address: str) -> list[tuple[int, int, str]]:
-    """(pid, job id, database URL) of each job driver on this machine whose cluster is the Ray head at `address`:
-    the processes `python -m abray.service.driver JOB_ID` started with RAY_ADDRESS set to it (as the service starts
-    them), whatever storage or database they belong to. Drivers on another cluster are not among them."""
-    from .cluster import _psutil
-
-    psutil = _psutil()
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            words = proc.cmdline()
-            if "abray.service.driver" not in words or words.index("abray.service.driver") + 1 >= len(words):
-                continue
-            job = words[words.index("abray.service.driver") + 1]
-            env = proc.environ()
-        except (psutil.Error, OSError):
-            continue
-        if env.get("RAY_ADDRESS") == address and job.isdigit() and env.get("ABRAY_DATABASE_URL"):
-            found.append((proc.pid, int(job), env["ABRAY_DATABASE_URL"]))
-    return found
-
-
 def cancel_head_jobs(address: str, write: Callable[[str], None] = print) -> int:
     """End the drivers of the jobs running on the local head at `address`, which is about to end under them (and no
     service is left to notice the drivers fail), and mark each job cancelled in its database, saying why. Jobs on
@@ -126,7 +104,7 @@ def cancel_head_jobs(address: str, write: Callable[[str], None] = print) -> int:
 
     from . import processes, store
 
-    drivers = head_drivers(address)
+    drivers = processes.drivers_on(address)
     for pid, _, _ in drivers:
         processes.kill_driver(pid)
     cancelled = 0

@@ -157,13 +157,14 @@ class TrainConfig(BaseModel):
             if scheme not in STORAGE_SCHEMES:
                 raise ValueError(f"storage_path must be a local path or a URI with scheme {', '.join(STORAGE_SCHEMES)}"
                                  f" (read through pyarrow.fs), got {self.storage_path!r}")
-        if self.server_shards > 1 and self.mode == "simulated":
-            raise ValueError("server_shards > 1 needs mode 'distributed' or 'free' (the simulator has no server)")
-        if self.server_shards > 1 and self.keep_checkpoints:
-            raise ValueError("keep_checkpoints needs server_shards 1: sharded servers keep no checkpoints")
-        if self.server_shards > 1 and self.granularity == "global" and METHODS[self.optimizer].strength == "rho":
-            raise ValueError("granularity 'global' takes one cosine over every tensor, which sharded servers cannot "
-                             "compute; use granularity 'tensor' or 'element' with server_shards > 1")
+        if self.server_shards > 1:
+            if self.mode == "simulated":
+                raise ValueError("server_shards > 1 needs mode 'distributed' or 'free' (the simulator has no server)")
+            if self.keep_checkpoints:
+                raise ValueError("keep_checkpoints needs server_shards 1: sharded servers keep no checkpoints")
+            if self.granularity == "global" and METHODS[self.optimizer].strength == "rho":
+                raise ValueError("granularity 'global' takes one cosine over every tensor, which sharded servers "
+                                 "cannot compute; use granularity 'tensor' or 'element' with server_shards > 1")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
         return self

@@ -65,10 +65,9 @@ class DelayedUpdates:
     """Applies every gradient `delay` updates after the weights it was computed on.
 
     Holds the `DelayRing` of versions the gradients are computed on: the weights themselves, or for a
-    method that predicts (linear weight prediction), the weights predicted `delay` updates ahead. `scheduler`,
-    if given, is stepped after every update. Before
+    method that predicts (linear weight prediction), the weights predicted `delay` updates ahead. Before
     each step it tells a delay-aware optimizer (one with `prepare`) the gradient's staleness and source
-    weights.
+    weights. `scheduler`, if given, is stepped after every update.
     """
 
     def __init__(self, params: Sequence[Tensor], optimizer: torch.optim.Optimizer, delay: int, predict: bool = False,

@@ -74,7 +74,6 @@ class ParameterServer:
                                           part=Part(*part) if part else None,
                                           fill_others=self._fill_others if part else None)
         self.gradients = Attached()  # the workers' gradient slots
-        self.gradient_segments: dict[int, str] = {}  # worker -> the segment of its gradients
         self.restored = self.state.restore()  # a checkpoint of another run raises here, and the actor stays dead
         tags = ("run",)
         self.tags = {"run": run_id}
@@ -142,10 +141,7 @@ class ParameterServer:
 
     def _gradient_view(self, worker: int, slot: Slot) -> np.ndarray:
         with self.desk.cond:
-            if self.gradient_segments.get(worker) != slot.segment:  # a worker restarted: its old slot is gone
-                self.gradient_segments[worker] = slot.segment
-                self.gradients.forget_except(set(self.gradient_segments.values()))
-            return self.gradients.view(slot)
+            return self.gradients.view_of(worker, slot)
 
     def release(self, holder: tuple, error: Optional[str]) -> Optional[str]:
         return self.desk.release(tuple(holder), error)
@@ -430,7 +426,7 @@ def train_distributed(
                  num_returns=1 + len(followers) + len(workers), timeout=10)
         for actor in [server, *followers, *workers]:
             ray.kill(actor, no_restart=True)
-        remove_segments(f"abray-{run_id}-")  # what actors that died left on this machine
+        remove_segments(segment_prefix(run_id))  # what actors that died left on this machine
         if not config.keep_checkpoints:
             folder.remove()
     return DistributedResult(result["history"], result["applied_steps"], result["weights"], result["staleness"],

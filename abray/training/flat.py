@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 from torch import nn
+
+from .delayed import apply_gradients
 
 
 class FlatLayout:
@@ -36,6 +38,20 @@ class FlatLayout:
                                                                   if like is not None else "cpu")
                  for t, n in zip(tensors, self.sizes)]
         return torch.cat(parts) if out is None else torch.cat(parts, out=out)
+
+
+def apply_flat_gradient(optimizer: torch.optim.Optimizer, scheduler, params: list[torch.Tensor], layout: FlatLayout,
+                        grad: np.ndarray, staleness: int, source: Callable[[], Optional[np.ndarray]]) -> None:
+    """One update of `params` (views into a flat buffer laid out by `layout`) with the flat gradient `grad`,
+    through `apply_gradients`, then the schedule's step; the server and each of its shards step so. `source()`:
+    the flat weights the gradient was computed on (None where they are gone), read, zero-copy, only for a
+    delay-aware optimizer (one with `prepare`). The gradient's memory is let go of after."""
+    weights = source() if hasattr(optimizer, "prepare") else None
+    apply_gradients(optimizer, params, layout.views(tensor_from_store(grad)), staleness,
+                    layout.views(tensor_from_store(weights)) if weights is not None else ())
+    scheduler.step()
+    for p in params:
+        p.grad = None
 
 
 def tensor_from_store(array: np.ndarray) -> torch.Tensor:

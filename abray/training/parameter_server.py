@@ -43,20 +43,16 @@ import numpy as np
 import torch
 
 from ..optim.methods import METHODS
-from ..optim.prediction import predicted_weights
+from ..optim.prediction import predicted_weights, prediction_horizon
 from ..optim.staleness import source_version
 from .build import build_optimizer, make_scheduler
 from .checkpoints import RunFolder, check_owner, config_fingerprint
 from .config import TrainConfig
 from .data import batch_indices
-from .delayed import apply_gradients
 from .epochs import EpochLog, EpochMetrics, reversed_fraction, track_braking
-from .flat import FlatLayout, bind_parameters, load_buffers, model_buffers, tensor_from_store
+from .flat import FlatLayout, apply_flat_gradient, bind_parameters, load_buffers, model_buffers
 from .models import build_model
 from .shards import Part
-
-# Free mode: linear weight prediction looks ahead by the mean staleness of this many latest updates.
-PREDICTION_WINDOW = 50
 
 
 class TrainingFailed(RuntimeError):
@@ -132,10 +128,7 @@ class ParameterServerState:
     def prediction_horizon(self) -> float:
         """How many updates ahead linear weight prediction looks: D in fixed mode (the simulator's), the
         measured staleness (mean of the latest updates) in free mode."""
-        if self.fixed:
-            return self.delay
-        recent = self.staleness[-PREDICTION_WINDOW:]
-        return float(np.mean(recent)) if recent else 0.0
+        return prediction_horizon(self.delay, None if self.fixed else self.staleness)
 
     def _put_version(self):
         """The newest weights (or their prediction), stored: `put` snapshots them."""
@@ -272,14 +265,8 @@ class ParameterServerState:
         return self._apply(step, version, grad, loss, buffers)
 
     def _apply(self, step, version, grad, loss, buffers) -> list[EpochMetrics]:
-        # the weights the gradient was computed on, zero-copy; read only for a delay-aware optimizer (`prepare`)
-        source = self.own_layout.views(tensor_from_store(self._get(self.versions[version]))) \
-            if hasattr(self.optimizer, "prepare") else ()
-        apply_gradients(self.optimizer, self.own_params, self.own_layout.views(tensor_from_store(grad)),
-                        self.applied - version, source)
-        self.scheduler.step()
-        for p in self.own_params:
-            p.grad = None
+        apply_flat_gradient(self.optimizer, self.scheduler, self.own_params, self.own_layout, grad,
+                            self.applied - version, lambda: self._get(self.versions[version]))
         if buffers:
             self.buffers = buffers
         self.staleness.append(self.applied - version)

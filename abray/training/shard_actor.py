@@ -37,7 +37,6 @@ class ParameterShard:
                                 get=self.store.get, drop=self.store.drop)
         self.cond = threading.Condition()
         self.gradients = Attached()  # the workers' gradient slots on this node
-        self.gradient_segments: dict[int, str] = {}  # worker -> the segment of its gradients
 
     def ready(self) -> bool:
         return True
@@ -65,10 +64,7 @@ class ParameterShard:
         borrowed = grad_slot is not None
         with self.cond:
             if borrowed:
-                if self.gradient_segments.get(holder[0]) != grad_slot.segment:  # a worker restarted: let go
-                    self.gradient_segments[holder[0]] = grad_slot.segment      # of its old segment
-                    self.gradients.forget_except(set(self.gradient_segments.values()))
-                grad = self.gradients.view(grad_slot)
+                grad = self.gradients.view_of(holder[0], grad_slot)
             taken = self.state.push(tuple(holder), step, version, grad, borrowed)
             self.cond.notify_all()
             return taken

@@ -31,12 +31,11 @@ import torch
 from torch import nn
 
 from ..optim.methods import METHODS
-from ..optim.prediction import predicted_weights
+from ..optim.prediction import predicted_weights, prediction_horizon
 from ..optim.staleness import source_version
 from .build import build_optimizer, make_scheduler
 from .config import TrainConfig
-from .delayed import apply_gradients
-from .flat import FlatLayout, tensor_from_store
+from .flat import FlatLayout, apply_flat_gradient
 from .models import build_model
 
 
@@ -103,8 +102,7 @@ class ShardState:
     def _store(self) -> None:
         if self.applied not in self.versions:
             if self.predict:
-                horizon = self.delay if self.fixed else (float(np.mean(self.staleness[-50:]))
-                                                         if self.staleness else 0.0)
+                horizon = prediction_horizon(self.delay, None if self.fixed else self.staleness)
                 weights = self.layout.flatten(predicted_weights(self.optimizer, self.params, horizon)).numpy()
             else:
                 weights = self.flat.numpy()
@@ -170,13 +168,8 @@ class ShardState:
         return True
 
     def _apply(self, version: int, grad) -> None:
-        source = self.layout.views(tensor_from_store(self._get(self.versions[version]))) \
-            if hasattr(self.optimizer, "prepare") and version in self.versions else ()
-        apply_gradients(self.optimizer, self.params, self.layout.views(tensor_from_store(grad)),
-                        self.applied - version, source)
-        self.scheduler.step()
-        for p in self.params:
-            p.grad = None
+        apply_flat_gradient(self.optimizer, self.scheduler, self.params, self.layout, grad, self.applied - version,
+                            lambda: self._get(self.versions[version]) if version in self.versions else None)
         self.staleness.append(self.applied - version)
         self.applied += 1
         if self.fixed:

@@ -45,6 +45,11 @@ ALIGN = 16  # floats: each slot starts on a 64-byte boundary
 ORPHAN_GRACE = 60.0  # seconds: an empty segment this young may be one being made (its owner locks it first)
 
 
+def segment_paths(prefix: str = SHM_PREFIX) -> list[Path]:
+    """The shared-memory files on this machine whose names start with `prefix` (none where there is no /dev/shm)."""
+    return list(Path(SHM_DIR).glob(f"{prefix}*")) if os.path.isdir(SHM_DIR) else []
+
+
 def free_bytes() -> int:
     """Free bytes in /dev/shm (0 where there is none)."""
     try:
@@ -57,7 +62,7 @@ def free_bytes() -> int:
 def segments_bytes() -> int:
     """Bytes that abray's segments on this machine hold (every run's)."""
     total = 0
-    for path in Path(SHM_DIR).glob(f"{SHM_PREFIX}*") if os.path.isdir(SHM_DIR) else []:
+    for path in segment_paths():
         try:
             total += path.stat().st_size
         except FileNotFoundError:  # unlinked meanwhile
@@ -78,7 +83,7 @@ def shm_room() -> int:
 def remove_orphans() -> int:
     """Unlink every abray segment on this machine whose owner is gone (no process holds its lock); how many."""
     removed = 0
-    for path in Path(SHM_DIR).glob(f"{SHM_PREFIX}*") if os.path.isdir(SHM_DIR) else []:
+    for path in segment_paths():
         try:
             st = path.stat()
             if st.st_size == 0 and time.time() - st.st_mtime < ORPHAN_GRACE:
@@ -97,15 +102,16 @@ def remove_orphans() -> int:
     return removed
 
 
-def segment_prefix(run_id: str, owner: str) -> str:
+def segment_prefix(run_id: str, owner: Optional[str] = None) -> str:
     """The start of the names of the segments of run `run_id` that `owner` makes ("v": the server's versions;
-    "s<k>": shard k's; "w<i>": worker i's gradients); each adds a random suffix per (re)start."""
-    return f"abray-{run_id}-{owner}-"
+    "s<k>": shard k's; "w<i>": worker i's gradients; None: every owner's); each adds a random suffix per
+    (re)start."""
+    return f"{SHM_PREFIX}{run_id}-" + (f"{owner}-" if owner is not None else "")
 
 
 def remove_segments(prefix: str) -> int:
     """Unlink every segment whose name starts with `prefix` (on this machine); how many there were."""
-    found = list(Path(SHM_DIR).glob(f"{prefix}*")) if os.path.isdir(SHM_DIR) else []
+    found = segment_paths(prefix)
     for path in found:
         path.unlink(missing_ok=True)
     return len(found)
@@ -168,12 +174,17 @@ class Slot:
         return Slot(self.segment, self.index, stop - start, self.stride, self.offset + start)
 
 
+def _stride(numel: int) -> int:
+    """Float32 from one slot's start to the next's: `numel` rounded up to ALIGN."""
+    return -(-numel // ALIGN) * ALIGN
+
+
 class Slots:
     """The owner's side: `count` slots of `numel` float32 in one shared-memory segment named `name`."""
 
     def __init__(self, name: str, numel: int, count: int):
         self.name, self.numel, self.count = name, numel, count
-        self.stride = -(-numel // ALIGN) * ALIGN
+        self.stride = _stride(numel)
         self.segment = Segment(name, max(4, self.stride * count * 4))
         self.free = list(range(count - 1, -1, -1))
 
@@ -181,7 +192,7 @@ class Slots:
     def create(cls, name: str, numel: int, wanted: int) -> Optional["Slots"]:
         """Up to `wanted` slots, as many as fit in the room allowed; None if not one does (or no segment can be
         made here): the caller then uses the object store."""
-        stride_bytes = -(-numel // ALIGN) * ALIGN * 4
+        stride_bytes = _stride(numel) * 4
         remove_orphans()  # what dead runs left: their room is ours again
         count = min(wanted, shm_room() // max(1, stride_bytes))
         if count < 1:
@@ -223,6 +234,7 @@ class Attached:
 
     def __init__(self):
         self.segments: dict[str, Segment] = {}
+        self.owners: dict = {}  # writer -> its segment, for `view_of`
 
     def view(self, slot: Slot) -> np.ndarray:
         """The array in `slot`, in place. Raises FileNotFoundError when its segment is gone (its owner died)."""
@@ -230,6 +242,14 @@ class Attached:
         if segment is None:
             segment = self.segments[slot.segment] = Segment(slot.segment)
         return slot.view(segment.array)
+
+    def view_of(self, writer, slot: Slot) -> np.ndarray:
+        """`view(slot)` for a slot of `writer` (a worker's gradients), which has one segment at a time: when a new
+        one comes (the writer restarted), the segment before it is let go."""
+        if self.owners.get(writer) != slot.segment:
+            self.owners[writer] = slot.segment
+            self.forget_except(set(self.owners.values()))
+        return self.view(slot)
 
     def forget_except(self, keep: set[str]) -> None:
         """Let go of the segments not named in `keep` (those of owners that have been replaced); each is

@@ -12,6 +12,7 @@ import pytest
 from abray.service import store
 from abray.service.scheduler import Scheduler
 from abray.service.settings import Settings
+from support import jobs
 
 
 @pytest.fixture
@@ -25,20 +26,14 @@ def scheduler(tmp_path):
 def running_job(scheduler, silent_s: float, pid=None, host="another-host", cancel_requested_s=None) -> int:
     """A running job whose driver (pid on host) last beat `silent_s` ago, its cancel requested that long ago."""
     now = store.utcnow()
-    with scheduler.sessions.begin() as session:
-        job = store.Job(name="j", status="running", spec={}, total_trials=1, storage="", started_at=now,
-                        heartbeat_at=now - timedelta(seconds=silent_s), driver_pid=pid, driver_host=host,
-                        cancel_requested_at=None if cancel_requested_s is None else
-                        now - timedelta(seconds=cancel_requested_s))
-        session.add(job)
-        session.flush()
-        return job.id
+    return jobs.running_job(scheduler.sessions, started_at=now, heartbeat_at=now - timedelta(seconds=silent_s),
+                            driver_pid=pid, driver_host=host,
+                            cancel_requested_at=None if cancel_requested_s is None else
+                            now - timedelta(seconds=cancel_requested_s))
 
 
 def state(scheduler, job_id) -> tuple:
-    with scheduler.sessions() as session:
-        job = session.get(store.Job, job_id)
-        return job.status, job.error
+    return jobs.job_state(scheduler.sessions, job_id)
 
 
 def test_a_driver_silent_past_the_heartbeat_timeout_fails_its_job_and_a_beating_one_runs_on(scheduler):
